@@ -1,0 +1,224 @@
+"""Fixed-budget gradient attacks: FGSM, BIM, PGD and MI-FGSM, in L∞, L2 and L1.
+
+All four are one loop (:func:`_ascend`): a gradient of the loss, an optional momentum, a steepest-ascent
+step of size ``alpha`` in the threat model's norm, a projection onto the ball ∩ box. They differ only in
+their start, step size, step count and momentum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..threat import project, random_in_ball
+from ._core import Setup, ascent_direction, get_loss, is_adversarial, setup
+
+Tensor = torch.Tensor
+
+
+def _ascend(
+    s: Setup,
+    *,
+    steps: int,
+    alpha: float,
+    loss: str,
+    random_start: bool,
+    restarts: int,
+    momentum: float | None,
+    early_stop: bool,
+    l1_sparsity: float,
+):
+    """Projected steepest ascent with per-sample best-so-far and early stop; returns the tracker."""
+    if steps < 1 or restarts < 1:
+        raise InputError("steps and restarts must be ≥ 1")
+    loss_fn = get_loss(loss, s.num_classes, s.target is not None)
+    tr = s.tracker()
+    for _ in range(restarts):
+        idx = tr.active() if early_stop else torch.arange(s.x.shape[0], device=s.x.device)
+        if idx.numel() == 0:
+            break
+        x0, eps = s.x[idx], s.eps[idx]
+        delta = random_in_ball(x0, eps, s.norm, s.generator, s.bounds) if random_start else torch.zeros_like(x0)
+        g_acc = torch.zeros_like(x0) if momentum is not None else None
+        for k in range(steps + 1):
+            y, t = s.labels(idx)
+            if k == steps:  # evaluate the last iterate; no gradient needed
+                logits = s.model.logits(x0 + delta)
+                tr.update(idx, x0 + delta, is_adversarial(logits, y, t))
+                break
+            logits, _, grad = s.model.value_and_grad(x0 + delta, lambda z: loss_fn(z, y, t))
+            fooled = tr.update(idx, x0 + delta, is_adversarial(logits, y, t))
+            if early_stop and bool(fooled.any()):
+                keep = ~fooled
+                idx, x0, eps, delta, grad = idx[keep], x0[keep], eps[keep], delta[keep], grad[keep]
+                g_acc = None if g_acc is None else g_acc[keep]
+                if idx.numel() == 0:
+                    break
+            if g_acc is not None:  # MI-FGSM: accumulate L1-normalized gradients
+                l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
+                g_acc = momentum * g_acc + grad / l1.reshape(-1, *([1] * (grad.dim() - 1)))
+                grad = g_acc
+            step = ascent_direction(grad, s.norm, x0 + delta, s.bounds, l1_sparsity)
+            delta = project(delta + alpha * _per_sample(eps, step) * step, x0, eps, s.norm, s.bounds)
+    return tr
+
+
+def _per_sample(eps: Tensor, like: Tensor) -> Tensor:
+    """Step sizes are relative to eps: a (n, 1, ...) factor eps / max(eps)."""
+    m = eps.max().clamp_min(1e-12)
+    return (eps / m).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _run(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps, norm, bounds, target, seed, **kw):
+    with setup(model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed) as s:
+        alpha = kw.pop("alpha")
+        eps_max = float(s.eps.max())
+        kw["alpha"] = alpha if alpha is not None else kw.pop("rel_alpha") * eps_max
+        kw.pop("rel_alpha", None)
+        tr = _ascend(s, **kw)
+        params = dict(kw, eps=eps_max, norm=s.norm, targeted=target is not None)
+        return s.result(tr, name, params)
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float | Tensor,
+    norm: str = "linf",
+    loss: str = "ce",
+    target: Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int | None = 0,
+):
+    """Fast Gradient Sign Method: one step of size ``eps`` along the steepest-ascent direction.
+
+    ``x_adv = Π(x + ε · sign(∇ₓ L(x, y)))`` for L∞; for L2 and L1 the step is the normalized gradient
+    (Fast Gradient Method). With ``target`` the step descends the loss of the target class.
+
+    Parameters
+    ----------
+    model : a torch module returning logits.
+    x, y : inputs inside ``bounds`` and their integer labels.
+    eps : the budget, a number or a per-sample tensor.
+    norm : "linf", "l2" or "l1".
+    loss : "ce", "margin" or "dlr".
+    target : target classes for a targeted attack, or None.
+
+    Returns
+    -------
+    AttackResult
+
+    References
+    ----------
+    Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015.
+    """
+    return _run("fgsm", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
+                steps=1, alpha=None, rel_alpha=1.0, loss=loss, random_start=False, restarts=1, momentum=None,
+                early_stop=True, l1_sparsity=0.95)
+
+
+def bim(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float | Tensor,
+    norm: str = "linf",
+    steps: int = 10,
+    alpha: float | None = None,
+    loss: str = "ce",
+    target: Tensor | None = None,
+    early_stop: bool = True,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int | None = 0,
+):
+    """Basic Iterative Method (I-FGSM): ``steps`` FGSM steps of size ``alpha`` (default ``eps / steps``) from
+    the clean input, each followed by the projection onto the ball ∩ box.
+
+    References
+    ----------
+    Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world", ICLR workshop 2017.
+    """
+    return _run("bim", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
+                steps=steps, alpha=alpha, rel_alpha=1.0 / steps, loss=loss, random_start=False, restarts=1,
+                momentum=None, early_stop=early_stop, l1_sparsity=0.95)
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float | Tensor,
+    norm: str = "linf",
+    steps: int = 40,
+    alpha: float | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: str = "ce",
+    target: Tensor | None = None,
+    early_stop: bool = True,
+    l1_sparsity: float = 0.95,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int | None = 0,
+):
+    """Projected Gradient Descent: from a uniform random point of the ball, ``steps`` steepest-ascent steps of
+    size ``alpha`` (default ``2.5 · eps / steps``), each projected onto the ball ∩ box; ``restarts`` runs, each
+    only on the samples still robust. Every iterate is checked, so an adversarial found at any step is kept.
+
+    Parameters
+    ----------
+    model : a torch module returning logits.
+    x, y : inputs inside ``bounds`` and their integer labels.
+    eps : the budget in input units (a number or a per-sample tensor).
+    norm : "linf", "l2" or "l1" (L1 takes sparse steps on the top ``1 − l1_sparsity`` coordinates and
+        projects exactly onto the L1 ball ∩ box).
+    steps, alpha, restarts, random_start : the optimizer.
+    loss : "ce", "margin" (Carlini-Wagner) or "dlr".
+    target : target classes for a targeted attack, or None.
+    early_stop : stop working on a sample once it is fooled (set False to maximize the loss, e.g. in training).
+    seed : the seed of the random start.
+
+    Returns
+    -------
+    AttackResult
+
+    References
+    ----------
+    Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to Adversarial Attacks",
+    ICLR 2018.
+    """
+    return _run("pgd", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
+                steps=steps, alpha=alpha, rel_alpha=2.5 / steps, loss=loss, random_start=random_start,
+                restarts=restarts, momentum=None, early_stop=early_stop, l1_sparsity=l1_sparsity)
+
+
+def mifgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float | Tensor,
+    norm: str = "linf",
+    steps: int = 10,
+    alpha: float | None = None,
+    decay: float = 1.0,
+    loss: str = "ce",
+    target: Tensor | None = None,
+    early_stop: bool = True,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int | None = 0,
+):
+    """Momentum Iterative FGSM: ``g ← μ·g + ∇L / ‖∇L‖₁`` (per sample), then an FGSM step of size ``alpha``
+    (default ``eps / steps``) along ``g``, projected onto the ball ∩ box.
+
+    References
+    ----------
+    Dong, Liao, Pang, Su, Zhu, Hu & Li, "Boosting Adversarial Attacks with Momentum", CVPR 2018.
+    """
+    return _run("mifgsm", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
+                steps=steps, alpha=alpha, rel_alpha=1.0 / steps, loss=loss, random_start=False, restarts=1,
+                momentum=decay, early_stop=early_stop, l1_sparsity=0.95)

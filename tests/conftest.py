@@ -1,0 +1,100 @@
+"""Shared fixtures: closed-form linear oracles and small trained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    """``z = W x + b`` on flattened inputs: the minimal adversarial perturbation is known in closed form."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def linear_problem(n: int, shape: tuple[int, ...], num_classes: int = 3, seed: int = 0,
+                   dtype: torch.dtype = torch.float64):
+    """A linear model, inputs in [0.25, 0.75] and their predicted labels.
+
+    Returns (model, x, y). The minimal perturbation of x[i] in Lp is
+    ``min_{j≠y} (z_y − z_j) / ‖w_y − w_j‖_q`` with q the dual norm (box constraints inactive for the
+    distances these weights give, which ``optimal_norms`` checks).
+    """
+    g = torch.Generator().manual_seed(seed)
+    d = int(torch.tensor(shape).prod())
+    w = torch.randn(num_classes, d, generator=g, dtype=dtype)
+    b = torch.randn(num_classes, generator=g, dtype=dtype) * 0.1
+    x = 0.25 + 0.5 * torch.rand((n, *shape), generator=g, dtype=dtype)
+    model = Linear(w, b, shape).to(dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def optimal_norms(model: Linear, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """Closed-form minimal Lp distance to the decision boundary of a linear model (ignoring the box)."""
+    q = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}[norm]
+    with torch.no_grad():
+        z = model(x)
+        w = model.weight
+        best = torch.full((x.shape[0],), float("inf"), dtype=x.dtype)
+        for j in range(w.shape[0]):
+            dw = w[y] - w[j]  # (n, d)
+            gap = z.gather(1, y[:, None]).squeeze(1) - z[:, j]
+            dist = gap / dw.norm(p=q, dim=1).clamp_min(1e-12)
+            dist = torch.where(y == j, torch.full_like(dist, float("inf")), dist)
+            best = torch.minimum(best, dist)
+    return best
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from adverse.data import digits
+
+    return digits("test")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    from adverse.zoo import pretrained
+
+    return pretrained("digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_at():
+    from adverse.zoo import pretrained
+
+    return pretrained("digits-cnn-at")
+
+
+class TinyNet(nn.Module):
+    """A small CNN with BatchNorm and Dropout, to check that attacks leave model state untouched."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 6 * 6, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    net = TinyNet()
+    with torch.no_grad():  # non-trivial running statistics
+        net.bn.running_mean.uniform_(-0.1, 0.1)
+        net.bn.running_var.uniform_(0.5, 1.5)
+    return net
