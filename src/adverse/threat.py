@@ -109,7 +109,14 @@ def project(
     ``eps`` is a number or a per-sample tensor of shape (n,). Exact for all three norms.
     """
     norm = check_norm(norm)
-    eps_t = as_eps(eps, delta.shape[0], delta) if not torch.is_tensor(eps) else eps.to(delta.dtype)
+    if torch.is_tensor(eps):  # per-sample budgets, already validated by the caller (no device sync here)
+        eps_t = eps.to(device=delta.device, dtype=delta.dtype)
+        if eps_t.dim() == 0:
+            eps_t = eps_t.expand(delta.shape[0])
+        if eps_t.shape != (delta.shape[0],):
+            raise InputError(f"eps must be a number or a tensor of shape ({delta.shape[0]},), got {tuple(eps.shape)}")
+    else:
+        eps_t = as_eps(eps, delta.shape[0], delta)
     lo, hi = bounds
     lower, upper = lo - x, hi - x  # box for delta; lower ≤ 0 ≤ upper for x inside the bounds
     if norm == "linf":
@@ -159,12 +166,14 @@ def _project_l1_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, e
     the direction of ``v_i``; ``‖d(λ)‖₁`` is piecewise linear and non-increasing in λ with breakpoints
     ``|v_i| − c_i`` (slope −1 starts) and ``|v_i|`` (slope −1 ends). Sorting the breakpoints gives λ exactly.
     """
-    shape = v.shape
+    shape, dtype = v.shape, v.dtype
     v, lower, upper = v.flatten(1), lower.flatten(1).expand_as(v.flatten(1)), upper.flatten(1).expand_as(v.flatten(1))
     d0 = v.clamp(lower, upper)
     inside = d0.abs().sum(dim=1) <= eps
     if bool(inside.all()):
         return d0.reshape(shape)
+    if v.device.type != "mps":  # ‖d(λ)‖₁ sums the whole box room: float32 rounding there would exceed eps
+        v, lower, upper, eps = v.double(), lower.double(), upper.double(), eps.double()
     a = v.abs()
     cap = torch.where(v >= 0, upper, -lower).clamp_min(0)
     bp = torch.cat([a - cap, a], dim=1)
@@ -178,7 +187,7 @@ def _project_l1_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, e
     k = ((f > e).sum(dim=1, keepdim=True) - 1).clamp(0, bp.shape[1] - 2)  # last breakpoint with f > eps
     lam = bp.gather(1, k) + (f.gather(1, k) - e) / (-slope.gather(1, k)).clamp_min(1)
     lam = lam.clamp_min(0)
-    d = torch.sign(v) * torch.minimum((a - lam).clamp_min(0), cap)
+    d = (torch.sign(v) * torch.minimum((a - lam).clamp_min(0), cap)).to(dtype)
     return torch.where(inside.unsqueeze(1), d0, d).reshape(shape)
 
 
