@@ -3,35 +3,20 @@
 Fixed-budget attacks (``fgsm``, ``bim``, ``pgd``, ``mifgsm``, ``apgd``) stay inside ``eps``; minimal-norm
 attacks (``cw_l2``, ``deepfool``, ``fmn``) return the smallest perturbation they find per sample, so one run
 gives robust accuracy at every ``eps`` (``AttackResult.robust_accuracy_at``).
+
+The functions are imported here, eagerly: several share their module's name (``apgd``, ``deepfool``, ``fmn``),
+and importing such a module binds the module to that name in this package, so a lazy lookup would return the
+function once and the module afterwards. Importing the functions last makes the names mean the functions.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._core import ce_loss, dlr_loss, margin_loss
+from .gradient import bim, fgsm, mifgsm, pgd
+from .apgd import apgd
+from .cw import cw_l2
+from .deepfool import deepfool
+from .fmn import fmn
 
-_WHERE = {
-    "fgsm": "gradient",
-    "bim": "gradient",
-    "pgd": "gradient",
-    "mifgsm": "gradient",
-    "apgd": "apgd",
-    "cw_l2": "cw",
-    "deepfool": "deepfool",
-    "fmn": "fmn",
-    "margin_loss": "_core",
-    "dlr_loss": "_core",
-    "ce_loss": "_core",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"adverse.evasion.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'adverse.evasion' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = sorted(["fgsm", "bim", "pgd", "mifgsm", "apgd", "cw_l2", "deepfool", "fmn",
+                  "margin_loss", "dlr_loss", "ce_loss"])
