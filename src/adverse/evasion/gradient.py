@@ -143,8 +143,8 @@ def bim(
     Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world", ICLR workshop 2017.
     """
     return _run("bim", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
-                steps=steps, alpha=alpha, rel_alpha=1.0 / steps, loss=loss, random_start=False, restarts=1,
-                momentum=None, early_stop=early_stop, l1_sparsity=0.95)
+                steps=steps, alpha=alpha, rel_alpha=1.0 / max(steps, 1), loss=loss, random_start=False,
+                restarts=1, momentum=None, early_stop=early_stop, l1_sparsity=0.95)
 
 
 def pgd(
@@ -192,7 +192,7 @@ def pgd(
     ICLR 2018.
     """
     return _run("pgd", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
-                steps=steps, alpha=alpha, rel_alpha=2.5 / steps, loss=loss, random_start=random_start,
+                steps=steps, alpha=alpha, rel_alpha=2.5 / max(steps, 1), loss=loss, random_start=random_start,
                 restarts=restarts, momentum=None, early_stop=early_stop, l1_sparsity=l1_sparsity)
 
 
@@ -220,5 +220,5 @@ def mifgsm(
     Dong, Liao, Pang, Su, Zhu, Hu & Li, "Boosting Adversarial Attacks with Momentum", CVPR 2018.
     """
     return _run("mifgsm", model, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed,
-                steps=steps, alpha=alpha, rel_alpha=1.0 / steps, loss=loss, random_start=False, restarts=1,
-                momentum=decay, early_stop=early_stop, l1_sparsity=0.95)
+                steps=steps, alpha=alpha, rel_alpha=1.0 / max(steps, 1), loss=loss, random_start=False,
+                restarts=1, momentum=decay, early_stop=early_stop, l1_sparsity=0.95)
