@@ -159,7 +159,7 @@ class BlackBox:
                 "raise max_queries or attack fewer samples"
             )
         self.queries += n
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: callers may modify the answer in place
             out = torch.as_tensor(self._fn(x))
         if self.output is None:
             self.output = "labels" if out.dim() == 1 else "scores"

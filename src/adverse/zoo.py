@@ -140,15 +140,14 @@ def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = 
     recipe = RECIPES[name]
     key = hashlib.sha256(json.dumps([name, recipe, torch.__version__.split("+")[0]], sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.safetensors"
-    model = _build(recipe["arch"])
+    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
+        torch.manual_seed(recipe["seed"])
+        model = _build(recipe["arch"])
     if cache and path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
     if verbose:
         print(f"training {name} (cached afterwards at {path})")
-    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
-        torch.manual_seed(recipe["seed"])
-        model = _build(recipe["arch"])
     adv = recipe["adversarial"]
     perturb = pgd_perturb(adv["eps"], adv["steps"], adv["norm"]) if adv else None
     train_classifier(model, digits("train"), epochs=recipe["epochs"], lr=recipe["lr"], seed=recipe["seed"],
