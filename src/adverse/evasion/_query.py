@@ -50,20 +50,22 @@ class QuerySetup:
         return self.box.output or "scores"
 
     def _ask(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        if bool((self.queries[idx] >= self.max_queries).any()):
+        # ``idx`` may repeat a sample (several candidates of one sample in one batch): count each row
+        add = torch.zeros_like(self.queries).index_add_(0, idx, torch.ones_like(idx, dtype=self.queries.dtype))
+        if bool((self.queries + add > self.max_queries).any()):
             raise BudgetError("internal error: an attack asked past its per-sample max_queries")
         out = self.box(x)
-        self.queries[idx] += 1
+        self.queries += add
         return check_answer(out, x.shape[0], self.output, self.num_classes)
 
     def scores(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Scores (n, classes) for candidates ``x`` of samples ``idx``: one query each."""
+        """Scores (n, classes) for candidates ``x`` of samples ``idx`` (which may repeat): one query each."""
         if self.output != "scores":
             raise ModelError("this attack needs scores, but the black box returns labels; use hopskipjump")
         return self._ask(x, idx)
 
     def predict(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Predicted labels for candidates ``x`` of samples ``idx``: one query each."""
+        """Predicted labels for candidates ``x`` of samples ``idx`` (which may repeat): one query each."""
         out = self._ask(x, idx)
         return out.argmax(dim=1) if out.dim() == 2 else out.long()
 
