@@ -109,6 +109,11 @@ class Counted:
         with torch.enable_grad():
             logits = self(x)
             loss = loss_fn(logits)
+            if not loss.requires_grad:
+                raise ModelError(
+                    "the model's output has no gradient with respect to its input (a non-differentiable layer "
+                    "such as thresholding or argmax); wrap that layer with BPDA or use a black-box attack"
+                )
             (grad,) = torch.autograd.grad(loss.sum(), x)
         self.backwards += x.shape[0]
         return logits.detach(), loss.detach(), grad.detach()

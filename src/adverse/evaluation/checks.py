@@ -1,0 +1,229 @@
+"""Sanity checks of a robustness evaluation: is the number trustworthy, or is the model masking gradients?
+
+Each check returns a :class:`Check` with a status (``"pass"``, ``"warn"`` or ``"skip"``), a sentence for a
+person and the evidence (numbers) behind it. :func:`run_checks` runs the list the field agrees on:
+
+========================  =================================================================================
+``output``                the model returns logits, not probabilities (AutoAttack's ``check_range_output``)
+``determinism``           five identical forward passes agree (randomized defenses need EOT)
+``gradients``             input gradients are finite and non-zero for (nearly) every point
+``eps_sweep``             robust accuracy falls to ~0 as eps grows (Carlini et al. 2019, §5)
+``steps``                 5× more PGD steps change robust accuracy little (the attack has converged)
+``single_vs_iterative``   the iterative attack finds every error the single-step attack finds
+``black_box``             a score-based attack (Square) does not beat the white-box attack
+========================  =================================================================================
+
+References
+----------
+Carlini, Athalye, Papernot, Brendel, Rauber, Tsipras, Goodfellow, Madry & Kurakin, "On Evaluating Adversarial
+Robustness", arXiv:1902.06705, 2019. Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of
+Security", ICML 2018. Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (the flags of AutoAttack). Pintor et al., "Indicators of Attack Failure",
+NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, ModelError
+from ..models import attack_mode, looks_like_probabilities
+from ..threat import check_norm
+
+CHECKS = ("output", "determinism", "gradients", "eps_sweep", "steps", "single_vs_iterative", "black_box")
+
+
+@dataclass
+class Check:
+    """The outcome of one check: ``status`` is "pass", "warn" or "skip"; ``evidence`` holds the numbers."""
+
+    name: str
+    status: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with attack_mode(model), torch.no_grad():
+        return model(x)
+
+
+def check_output(model: nn.Module, x: torch.Tensor) -> Check:
+    """Warn when the outputs look like probabilities: rows in [0, 1] that sum to 1 (a final softmax)."""
+    out = _logits(model, x)
+    probs = looks_like_probabilities(out)
+    evidence = {"min": float(out.min()), "max": float(out.max()), "max_row_sum_error": float((out.sum(1) - 1).abs().max())}
+    if probs:
+        return Check("output", "warn", "the model outputs probabilities, not logits: gradients saturate; remove the "
+                     "final softmax before attacking", evidence)
+    return Check("output", "pass", "the model outputs logits", evidence)
+
+
+def check_determinism(model: nn.Module, x: torch.Tensor, repeats: int = 5, tol: float = 1e-5) -> Check:
+    """Warn when repeated forward passes on the same inputs differ (a randomized model needs EOT)."""
+    outs = [_logits(model, x) for _ in range(repeats)]
+    diff = max(float((o - outs[0]).abs().max()) for o in outs[1:])
+    evidence = {"repeats": repeats, "max_logit_difference": diff}
+    if diff > tol:
+        return Check("determinism", "warn", f"the model is randomized (logits differ by up to {diff:.3g} across "
+                     "identical passes); evaluate with EOT (expectation over transformation)", evidence)
+    return Check("determinism", "pass", "the model is deterministic", evidence)
+
+
+def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_share: float = 0.05) -> Check:
+    """Warn when the input gradient of the loss is zero or non-finite for more than ``max_share`` of points.
+
+    Both the cross-entropy and the logit margin are differentiated; a point counts as masked when both gradients
+    vanish (norm ≤ 1e-12 · (1 + ‖x‖)) or either is NaN/inf.
+    """
+    from ..evasion import margin_loss
+
+    with attack_mode(model), torch.enable_grad():
+        xr = x.detach().clone().requires_grad_(True)
+        out = model(xr)
+        if out.requires_grad:
+            (g_ce,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xr, retain_graph=True)
+            (g_m,) = torch.autograd.grad(margin_loss(out, y).sum(), xr)
+        else:  # the output does not depend differentiably on the input at all
+            g_ce = g_m = torch.zeros_like(xr)
+    scale = 1e-12 * (1 + x.flatten(1).norm(dim=1))
+    n_ce, n_m = g_ce.flatten(1).norm(dim=1), g_m.flatten(1).norm(dim=1)
+    nonfinite = ~(torch.isfinite(n_ce) & torch.isfinite(n_m))
+    zero = (n_ce <= scale) & (n_m <= scale)
+    bad = nonfinite | zero
+    share = float(bad.float().mean())
+    evidence = {"share_zero": float(zero.float().mean()), "share_nonfinite": float(nonfinite.float().mean()),
+                "median_grad_norm": float(n_m.median()), "n": int(x.shape[0])}
+    if share > max_share:
+        return Check("gradients", "warn", f"input gradients are zero or non-finite for {share:.0%} of points: the "
+                     "model masks gradients (quantization, saturation, non-differentiable layers); use BPDA or "
+                     "black-box attacks", evidence)
+    return Check("gradients", "pass", "input gradients are informative", evidence)
+
+
+def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                    bounds: tuple[float, float], steps: int = 20, seed: int = 0, max_robust: float = 0.05) -> Check:
+    """PGD at eps·2^k up to a budget that can reach any input; robust accuracy must fall to ≤ ``max_robust``
+    and never rise with eps."""
+    from ..evasion import pgd
+
+    lo, hi = bounds
+    d = x[0].numel()
+    reach = {"linf": hi - lo, "l2": (hi - lo) * d ** 0.5, "l1": (hi - lo) * d}[norm]
+    grid, e = [], float(eps)
+    while e < reach:
+        grid.append(e)
+        e *= 2
+    grid.append(reach)
+    accs = [pgd(model, x, y, eps=g, norm=norm, steps=steps, bounds=bounds, seed=seed).robust_accuracy for g in grid]
+    evidence = {"eps": grid, "robust_accuracy": accs}
+    rising = any(b > a + 0.02 for a, b in zip(accs, accs[1:]))
+    if accs[-1] > max_robust or rising:
+        why = "does not fall to ~0" if accs[-1] > max_robust else "rises"
+        return Check("eps_sweep", "warn", f"robust accuracy {why} as eps grows (at eps={grid[-1]:.3g}, any input is "
+                     f"reachable, yet {accs[-1]:.0%} stay robust): the attack is failing, not the model succeeding",
+                     evidence)
+    return Check("eps_sweep", "pass", "robust accuracy falls to ~0 as eps grows", evidence)
+
+
+def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                bounds: tuple[float, float], steps: int = 20, factor: int = 5, seed: int = 0,
+                max_change: float = 0.02) -> Check:
+    """PGD with ``factor``× more steps and restarts must not lower robust accuracy by more than ``max_change``."""
+    from ..evasion import pgd
+
+    base = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed).robust_accuracy
+    more = pgd(model, x, y, eps=eps, norm=norm, steps=steps * factor, restarts=2, bounds=bounds,
+               seed=seed + 1).robust_accuracy
+    evidence = {"steps": steps, "robust_accuracy": base, "more_steps": steps * factor,
+                "robust_accuracy_more_steps": more, "restarts_more": 2}
+    if base - more > max_change:
+        return Check("steps", "warn", f"{factor}× more steps lower robust accuracy from {base:.1%} to {more:.1%}: "
+                     "the attack had not converged; use more steps or APGD", evidence)
+    return Check("steps", "pass", "more steps and restarts change robust accuracy little", evidence)
+
+
+def check_single_vs_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                              bounds: tuple[float, float], steps: int = 20, seed: int = 0,
+                              max_share: float = 0.01) -> Check:
+    """FGSM must not fool points that PGD leaves robust (more than ``max_share`` of them)."""
+    from ..evasion import fgsm, pgd
+
+    f = fgsm(model, x, y, eps=eps, norm=norm, bounds=bounds)
+    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    only_fgsm = float((f.success & ~p.success).float().mean())
+    evidence = {"fgsm_robust_accuracy": f.robust_accuracy, "pgd_robust_accuracy": p.robust_accuracy,
+                "share_fooled_only_by_fgsm": only_fgsm}
+    if only_fgsm > max_share:
+        return Check("single_vs_iterative", "warn", f"FGSM fools {only_fgsm:.1%} of points that PGD does not: the "
+                     "loss surface is irregular near the inputs (gradient masking)", evidence)
+    return Check("single_vs_iterative", "pass", "PGD finds every error FGSM finds", evidence)
+
+
+def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                    bounds: tuple[float, float], steps: int = 20, max_queries: int = 1000, seed: int = 0,
+                    max_gain: float = 0.01) -> Check:
+    """Square (score-based) must not fool more than ``max_gain`` of points that PGD leaves robust."""
+    from ..evasion import pgd
+    from ..evasion.square import square
+
+    if norm == "l1":
+        return Check("black_box", "skip", "no score-based L1 attack is compared", {})
+    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    robust = ~p.success
+    if not bool(robust.any()):
+        return Check("black_box", "pass", "the white-box attack leaves no point robust", {"pgd_robust_accuracy": 0.0})
+    s = square(model, x[robust], y[robust], eps=eps, norm=norm, max_queries=max_queries, bounds=bounds, seed=seed)
+    gain = float(s.success.float().sum()) / x.shape[0]
+    evidence = {"pgd_robust_accuracy": p.robust_accuracy, "square_extra_fooled_share": gain,
+                "square_max_queries": max_queries}
+    if gain > max_gain:
+        return Check("black_box", "warn", f"the black-box Square attack fools {gain:.1%} more points than white-box "
+                     "PGD: gradients are misleading (gradient masking)", evidence)
+    return Check("black_box", "pass", "black-box Square does not beat white-box PGD", evidence)
+
+
+def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+               bounds: tuple[float, float] = (0.0, 1.0), checks: Sequence[str] = CHECKS, steps: int = 20,
+               max_queries: int = 1000, seed: int = 0) -> list[Check]:
+    """Run ``checks`` (default: all of :data:`CHECKS`) on the points ``x, y`` at budget ``eps``.
+
+    Returns a list of :class:`Check`; a "warn" means the robustness number may not be trustworthy.
+    """
+    from ..evasion._core import check_inputs
+
+    norm = check_norm(norm)
+    unknown = set(checks) - set(CHECKS)
+    if unknown:
+        raise InputError(f"unknown checks {sorted(unknown)}; choose from {', '.join(CHECKS)}")
+    x, y = check_inputs(x, y, bounds)
+    kw = {"eps": eps, "norm": norm, "bounds": bounds, "steps": steps, "seed": seed}
+    run = {
+        "output": lambda: check_output(model, x),
+        "determinism": lambda: check_determinism(model, x),
+        "gradients": lambda: check_gradients(model, x, y),
+        "eps_sweep": lambda: check_eps_sweep(model, x, y, **kw),
+        "steps": lambda: check_steps(model, x, y, **kw),
+        "single_vs_iterative": lambda: check_single_vs_iterative(model, x, y, **kw),
+        "black_box": lambda: check_black_box(model, x, y, max_queries=max_queries, **kw),
+    }
+    out: list[Check] = []
+    for name in checks:
+        try:
+            out.append(run[name]())
+        except ModelError as e:  # e.g. attacks refuse a softmax model; the output check says why
+            out.append(Check(name, "skip", f"not run: {e}", {}))
+    return out

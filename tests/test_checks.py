@@ -1,0 +1,108 @@
+"""The evaluation checks fire on gradient-masking models and stay quiet on an honest adversarially trained one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adverse.errors import AdverseError
+from adverse.evaluation.checks import CHECKS, run_checks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Quantized(nn.Module):
+    """1-bit input quantization inside the model: zero gradients almost everywhere."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x))
+
+
+class Thresholded(Quantized):
+    """Thresholding with no gradient graph at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x > 0.5).to(x.dtype))
+
+
+class SoftmaxOfLargeLogits(Quantized):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(100 * self.net(x), dim=1)
+
+
+class Noisy(Quantized):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + 0.05 * torch.randn_like(x))
+
+
+FAST = dict(eps=0.2, steps=10)
+CHEAP = ("output", "determinism", "gradients")
+
+
+def _status(checks):
+    return {c.name: c.status for c in checks}
+
+
+@pytest.fixture(scope="module")
+def points(digits_test):
+    return digits_test.x[:100], digits_test.y[:100]
+
+
+def test_quiet_on_pgd_trained_model(digits_cnn_at, points):
+    x, y = points
+    checks = run_checks(digits_cnn_at, x, y, checks=[c for c in CHECKS if c != "black_box"], **FAST)
+    assert all(c.status == "pass" for c in checks), [(c.name, c.message, c.evidence) for c in checks]
+    sweep = next(c for c in checks if c.name == "eps_sweep")
+    assert sweep.evidence["robust_accuracy"][-1] <= 0.05
+
+
+def test_fires_on_input_quantization(digits_cnn, points):
+    x, y = points
+    status = _status(run_checks(Quantized(digits_cnn), x, y, checks=CHEAP + ("eps_sweep",), **FAST))
+    assert status["gradients"] == "warn"
+    assert status["eps_sweep"] == "warn"
+    assert status["output"] == "pass" and status["determinism"] == "pass"
+
+
+def test_fires_on_thresholding_without_graph(digits_cnn, points):
+    x, y = points
+    status = _status(run_checks(Thresholded(digits_cnn), x, y, checks=CHEAP + ("eps_sweep",), **FAST))
+    assert status["gradients"] == "warn"
+    assert status["eps_sweep"] in ("warn", "skip")  # the attack refuses a model without gradients
+
+
+def test_fires_on_softmax_of_large_logits(digits_cnn, points):
+    x, y = points
+    checks = run_checks(SoftmaxOfLargeLogits(digits_cnn), x, y, checks=CHEAP + ("eps_sweep",), **FAST)
+    status = _status(checks)
+    assert status["output"] == "warn" and status["gradients"] == "warn"
+    assert status["eps_sweep"] == "skip"
+    assert "logits" in next(c for c in checks if c.name == "eps_sweep").message
+
+
+def test_fires_on_randomized_model(digits_cnn, points):
+    x, y = points
+    assert _status(run_checks(Noisy(digits_cnn), x, y, checks=("determinism",), **FAST))["determinism"] == "warn"
+
+
+def test_checks_are_json_ready_and_validated(digits_cnn, points):
+    x, y = points
+    import json
+
+    checks = run_checks(digits_cnn, x, y, checks=CHEAP, **FAST)
+    json.dumps([c.to_dict() for c in checks])
+    with pytest.raises(AdverseError):
+        run_checks(digits_cnn, x, y, checks=("nope",), **FAST)
+    with pytest.raises(AdverseError):
+        run_checks(digits_cnn, x * 3, y, checks=CHEAP, **FAST)
