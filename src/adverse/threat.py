@@ -117,14 +117,32 @@ def project(
             raise InputError(f"eps must be a number or a tensor of shape ({delta.shape[0]},), got {tuple(eps.shape)}")
     else:
         eps_t = as_eps(eps, delta.shape[0], delta)
+    if norm == "linf":
+        return clip_to_box(delta, *linf_box(x, eps_t, bounds))
     lo, hi = bounds
     lower, upper = lo - x, hi - x  # box for delta; lower ≤ 0 ≤ upper for x inside the bounds
-    if norm == "linf":
-        e = batch_view(eps_t, delta)
-        return torch.minimum(torch.maximum(delta, torch.maximum(-e, lower)), torch.minimum(e, upper))
     if norm == "l2":
         return _project_l2_box(delta, lower, upper, eps_t)
     return _project_l1_box(delta, lower, upper, eps_t)
+
+
+def linf_box(
+    x: torch.Tensor, eps: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L∞ ball ∩ box around ``x`` as per-coordinate limits ``(lower, upper)`` on a perturbation, for a
+    per-sample ``eps`` of shape (n,): ``max(−eps, lo − x) ≤ delta ≤ min(eps, hi − x)``.
+
+    :func:`clip_to_box` with these limits is the L∞ projection; an iterative attack can compute them once per
+    batch rather than once per step (row ``i`` of the limits belongs to row ``i`` of ``x``, so they index alike).
+    """
+    lo, hi = bounds
+    e = batch_view(eps.to(x.dtype), x)
+    return torch.maximum(-e, lo - x), torch.minimum(e, hi - x)
+
+
+def clip_to_box(delta: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``min(max(delta, lower), upper)``: the projection onto the L∞ ball ∩ box given by :func:`linf_box`."""
+    return torch.clamp(delta, lower, upper)  # one pass; equal to min(max(·)) even where lower > upper
 
 
 def _project_l2_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

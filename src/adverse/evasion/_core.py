@@ -161,9 +161,18 @@ class Tracker:
         if minimize:
             self.norms = torch.where(success, self.norms, torch.full_like(self.norms, float("inf")))
 
-    def update(self, idx: torch.Tensor, x_cand: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        """Offer candidates ``x_cand`` for samples ``idx`` with their adversarial flags; returns the flags
-        of ``idx`` that are now successful."""
+    def update(self, idx: torch.Tensor | None, x_cand: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """Offer candidates ``x_cand`` for samples ``idx`` (None: every sample, in order) with their adversarial
+        flags; returns the flags of ``idx`` that are now successful."""
+        if idx is None:  # the whole batch: update in place, no gathering
+            cand_norm = lp_norm(x_cand - self.x, self.norm)
+            old_success = self.success
+            take = adv & (cand_norm < self.norms) if self.minimize else adv | ~old_success
+            self.x_adv.copy_(torch.where(batch_view(take, x_cand), x_cand, self.x_adv))
+            self.norms.copy_(torch.where(take, cand_norm, self.norms))
+            now = old_success | adv
+            self.success.copy_(now)
+            return now
         cand_norm = lp_norm(x_cand - self.x[idx], self.norm)
         old_success = self.success[idx]
         if self.minimize:

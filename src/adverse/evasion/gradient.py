@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..threat import project, random_in_ball
+from ..threat import clip_to_box, linf_box, project, random_in_ball
 from ._core import Setup, ascent_direction, get_loss, is_adversarial, setup
 
 Tensor = torch.Tensor
@@ -35,32 +35,45 @@ def _ascend(
     loss_fn = get_loss(loss, s.num_classes, s.target is not None)
     tr = s.tracker()
     for _ in range(restarts):
-        idx = tr.active() if early_stop else torch.arange(s.x.shape[0], device=s.x.device)
-        if idx.numel() == 0:
+        # idx None: every sample, in order (no early stop), so nothing needs gathering or scattering
+        idx = tr.active() if early_stop else None
+        if idx is not None and idx.numel() == 0:
             break
-        x0, eps = s.x[idx], s.eps[idx]
+        if idx is None:
+            x0, eps, (y, t) = s.x, s.eps, (s.y, s.target)
+        else:
+            x0, eps, (y, t) = s.x[idx], s.eps[idx], s.labels(idx)
         delta = random_in_ball(x0, eps, s.norm, s.generator, s.bounds) if random_start else torch.zeros_like(x0)
         g_acc = torch.zeros_like(x0) if momentum is not None else None
+        # constant while the active set is: the step factor and, in L∞, the limits of the projection
+        scale = alpha * _per_sample(eps, x0)
+        box = linf_box(x0, eps, s.bounds) if s.norm == "linf" else None
         for k in range(steps + 1):
-            y, t = s.labels(idx)
+            x_k = x0 + delta
             if k == steps:  # evaluate the last iterate; no gradient needed
-                logits = s.model.logits(x0 + delta)
-                tr.update(idx, x0 + delta, is_adversarial(logits, y, t))
+                logits = s.model.logits(x_k)
+                tr.update(idx, x_k, is_adversarial(logits, y, t))
                 break
-            logits, _, grad = s.model.value_and_grad(x0 + delta, lambda z: loss_fn(z, y, t))
-            fooled = tr.update(idx, x0 + delta, is_adversarial(logits, y, t))
+            logits, _, grad = s.model.value_and_grad(x_k, lambda z, y=y, t=t: loss_fn(z, y, t))
+            fooled = tr.update(idx, x_k, is_adversarial(logits, y, t))
             if early_stop and bool(fooled.any()):
                 keep = ~fooled
-                idx, x0, eps, delta, grad = idx[keep], x0[keep], eps[keep], delta[keep], grad[keep]
+                idx, x0, eps, delta, grad, x_k = idx[keep], x0[keep], eps[keep], delta[keep], grad[keep], x_k[keep]
+                y, t = y[keep], None if t is None else t[keep]
                 g_acc = None if g_acc is None else g_acc[keep]
                 if idx.numel() == 0:
                     break
+                scale = alpha * _per_sample(eps, x0)
+                box = None if box is None else (box[0][keep], box[1][keep])
             if g_acc is not None:  # MI-FGSM: accumulate L1-normalized gradients
                 l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
                 g_acc = momentum * g_acc + grad / l1.reshape(-1, *([1] * (grad.dim() - 1)))
                 grad = g_acc
-            step = ascent_direction(grad, s.norm, x0 + delta, s.bounds, l1_sparsity)
-            delta = project(delta + alpha * _per_sample(eps, step) * step, x0, eps, s.norm, s.bounds)
+            step = ascent_direction(grad, s.norm, x_k, s.bounds, l1_sparsity)
+            if box is not None:
+                delta = clip_to_box(delta + scale * step, *box)
+            else:
+                delta = project(delta + scale * step, x0, eps, s.norm, s.bounds)
     return tr
 
 
