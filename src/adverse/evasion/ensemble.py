@@ -1,0 +1,224 @@
+"""AutoAttack: the worst case per sample over a fixed ensemble of parameter-free attacks.
+
+Each attack starts from the clean input and runs only on the points every earlier attack left robust; a point
+counts as robust only if all attacks fail on it. An interrupted run resumes from its saved state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..results import AttackResult
+from ..threat import check_norm, lp_norm
+from ._core import setup
+
+Tensor = torch.Tensor
+
+
+class EOT(nn.Module):
+    """Expectation over Transformation: the mean of ``samples`` forward passes of a randomized model, so that
+    its gradient is the mean gradient (Athalye, Carlini & Wagner, ICML 2018)."""
+
+    def __init__(self, model: nn.Module, samples: int = 20) -> None:
+        super().__init__()
+        self.model = model
+        self.samples = samples
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([self.model(x) for _ in range(self.samples)]).mean(dim=0)
+
+
+def _apgd(**fixed: Any) -> Callable[..., AttackResult]:
+    def run(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, bounds, seed: int) -> AttackResult:
+        from .apgd import apgd
+
+        return apgd(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, **fixed)
+
+    return run
+
+
+def _fab(**fixed: Any) -> Callable[..., AttackResult]:
+    def run(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, bounds, seed: int) -> AttackResult:
+        from .fab import fab
+
+        return fab(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, **fixed)
+
+    return run
+
+
+def _square(**fixed: Any) -> Callable[..., AttackResult]:
+    def run(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, bounds, seed: int) -> AttackResult:
+        from .square import square
+
+        return square(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, **fixed)
+
+    return run
+
+
+def versions(norm: str, n_target_classes: int = 9, square_queries: int = 5000) -> dict[str, list[tuple[str, Callable]]]:
+    """The attack lists of AutoAttack's versions, with the reference iterations, restarts and targets."""
+    t = n_target_classes
+    if norm == "l1":
+        standard = [("apgd-ce", _apgd(loss="ce", restarts=5)),
+                    ("apgd-t", _apgd(loss="dlr", targeted=True, n_target_classes=min(t, 5)))]
+        plus = standard + [("fab-t", _fab(targeted=True, n_target_classes=t))]
+    else:
+        standard = [
+            ("apgd-ce", _apgd(loss="ce", steps=100)),
+            ("apgd-t", _apgd(loss="dlr", targeted=True, n_target_classes=t, steps=100)),
+            ("fab-t", _fab(targeted=True, n_target_classes=t, steps=100)),
+            ("square", _square(max_queries=square_queries, p_init=0.8)),
+        ]
+        plus = [
+            ("apgd-ce", _apgd(loss="ce", restarts=5)),
+            ("apgd-dlr", _apgd(loss="dlr", restarts=5)),
+            ("fab", _fab(restarts=5)),
+            ("square", _square(max_queries=square_queries, p_init=0.8, restarts=5)),
+            ("apgd-t", _apgd(loss="dlr", targeted=True, n_target_classes=t)),
+            ("fab-t", _fab(targeted=True, n_target_classes=t)),
+        ]
+    rand = [("apgd-ce", _apgd(loss="ce")), ("apgd-dlr", _apgd(loss="dlr"))]
+    return {"standard": standard, "plus": plus, "rand": rand}
+
+
+def _fingerprint(x: Tensor, y: Tensor, config: dict[str, Any]) -> str:
+    h = hashlib.sha256(repr(sorted(config.items())).encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def autoattack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    version: str = "standard",
+    attacks: Sequence[str | tuple[str, Callable[..., AttackResult]]] | None = None,
+    n_target_classes: int = 9,
+    square_queries: int = 5000,
+    eot_samples: int = 20,
+    state_path: str | Path | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AttackResult:
+    """AutoAttack: APGD-CE, APGD-T, FAB-T and Square, worst case per sample.
+
+    ``version="standard"``: APGD-CE (100 iterations), APGD-T (DLR, top-9 targets), FAB-T (9 targets), Square
+    (5000 queries). ``"plus"``: APGD-CE and APGD-DLR with 5 restarts, FAB and Square with 5 restarts, APGD-T,
+    FAB-T. ``"rand"``: APGD-CE and APGD-DLR on the model wrapped in :class:`EOT` (``eot_samples`` passes per
+    query) for randomized defenses. ``attacks`` picks a custom subset by name (e.g. ``["apgd-ce", "square"]``)
+    or gives ``(name, fn)`` pairs with ``fn(model, x, y, *, eps, norm, bounds, seed) -> AttackResult``.
+
+    Each attack starts from the clean input and runs only on points still robust; a point is robust only if
+    every attack fails. With ``state_path`` the state is saved after each attack (atomically), and a rerun with
+    the same inputs and settings resumes after the last finished attack.
+
+    Returns
+    -------
+    AttackResult with ``params["per_attack"]``: robust accuracy after each attack, its budget and time, and
+    ``params["flags"]``: warnings in the spirit of AutoAttack's checks (e.g. Square succeeding where the
+    white-box attacks failed, which suggests gradient masking).
+
+    References
+    ----------
+    Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+    attacks", ICML 2020.
+    """
+    norm = check_norm(norm)
+    table = versions(norm, n_target_classes, square_queries)
+    if attacks is None:
+        if version not in table:
+            raise InputError(f"unknown version {version!r}; use 'standard', 'plus', 'rand' or pass attacks=[...]")
+        plan = table[version]
+    else:
+        known = dict(table["plus"] + table["standard"])
+        plan = []
+        for a in attacks:
+            if isinstance(a, tuple):
+                plan.append(a)
+            elif a in known:
+                plan.append((a, known[a]))
+            else:
+                raise InputError(f"unknown attack {a!r}; choose from {', '.join(sorted(known))} or pass (name, fn)")
+        version = "custom"
+    target_model = EOT(model, eot_samples) if version == "rand" else model
+    with setup(target_model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed) as s:
+        robust = s.clean_correct.clone()
+        x_adv = s.x.clone()
+        per_attack: list[dict[str, Any]] = []
+        config = {"eps": float(eps), "norm": norm, "version": version, "plan": [n for n, _ in plan],
+                  "seed": seed, "n_target_classes": n_target_classes, "square_queries": square_queries}
+        path = Path(state_path) if state_path is not None else None
+        key = _fingerprint(s.x, s.y, config) if path is not None else ""
+        if path is not None and path.is_file():
+            state = torch.load(path, weights_only=True)
+            if state.get("key") == key:
+                robust, x_adv = state["robust"].to(s.x.device), state["x_adv"].to(s.x.device, s.x.dtype)
+                per_attack = list(state["per_attack"])
+        done = {p["attack"] for p in per_attack}
+        totals = {"forwards": s.model.forwards, "backwards": 0, "queries": 0}
+        for i, (name, fn) in enumerate(plan):
+            if name in done:
+                continue
+            if progress is not None:
+                progress(name, i, len(plan))
+            idx = robust.nonzero().squeeze(1)
+            t0 = time.perf_counter()
+            r = None
+            if idx.numel():
+                r = fn(target_model, s.x[idx], s.y[idx], eps=float(eps), norm=norm, bounds=s.bounds, seed=seed)
+                won = idx[r.success]
+                x_adv[won] = r.x_adv[r.success]
+                robust[won] = False
+            per_attack.append({
+                "attack": name, "attacked": int(idx.numel()), "fooled": 0 if r is None else int(r.success.sum()),
+                "robust_accuracy": float(robust.float().mean()),
+                "forwards": 0 if r is None else r.forwards, "backwards": 0 if r is None else r.backwards,
+                "queries": 0 if r is None else r.queries, "seconds": time.perf_counter() - t0,
+            })
+            if path is not None:
+                _save_state(path, {"key": key, "robust": robust.cpu(), "x_adv": x_adv.cpu(), "per_attack": per_attack})
+        if progress is not None:
+            progress("done", len(plan), len(plan))
+        for p in per_attack:
+            for k in ("forwards", "backwards", "queries"):
+                totals[k] += p[k]
+        flags = []
+        white = [p for p in per_attack if not p["attack"].startswith("square")]
+        black = [p for p in per_attack if p["attack"].startswith("square")]
+        if white and black and sum(p["fooled"] for p in black) > 0.002 * x.shape[0]:
+            flags.append("square fooled points the white-box attacks could not: the gradients may be masked; "
+                         "check with adverse.evaluation.checks")
+        norms = lp_norm(x_adv - s.x, norm)
+        if bool((norms > float(eps) + 1e-5 * (1 + float(eps))).any()):
+            raise RuntimeError("autoattack: internal error, a perturbation exceeds eps")
+        return AttackResult(
+            x_adv=x_adv, success=~robust, norms=norms, clean_correct=s.clean_correct, attack=f"autoattack-{version}",
+            norm=norm, eps=float(eps), forwards=totals["forwards"], backwards=totals["backwards"],
+            queries=totals["queries"], seconds=time.perf_counter() - s.started,
+            params={"version": version, "attacks": [n for n, _ in plan], "per_attack": per_attack, "flags": flags,
+                    "n_target_classes": n_target_classes, "square_queries": square_queries},
+            seed=seed,
+        )
