@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import BudgetError, InputError, ModelError
-from ..models import BlackBox, attack_mode
+from ..models import BlackBox, attack_mode, looks_like_probabilities
 from ..results import AttackResult
 from ..threat import as_eps, check_norm, lp_norm
 from ._core import Tracker, check_inputs, check_labels, make_generator
@@ -41,6 +41,7 @@ class QuerySetup:
     max_queries: int
     queries: torch.Tensor = field(init=False)
     started: float = field(default_factory=time.perf_counter)
+    clean_scores: torch.Tensor | None = None  # the clean query's scores (n, classes); None for labels
 
     def __post_init__(self) -> None:
         self.queries = torch.ones(self.x.shape[0], dtype=torch.long, device=self.x.device)  # the clean query
@@ -94,6 +95,16 @@ class QuerySetup:
             queries=int(self.queries.sum()), seconds=time.perf_counter() - self.started,
             params=dict(params, max_queries=self.max_queries), seed=self.seed,
         )
+
+
+def as_logits(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as logits: probabilities (rows in [0, 1] summing to 1) become log-probabilities, anything else is
+    taken as logits already. Losses that are invariant to a shift of the logits (margin, cross-entropy, log-odds)
+    then mean the same for a black box that answers with probabilities and one that answers with logits, and
+    stay exact where a probability rounds to 1."""
+    if looks_like_probabilities(scores):
+        return scores.clamp_min(torch.finfo(scores.dtype).tiny).log()
+    return scores
 
 
 def check_answer(out: Any, n: int, output: str, num_classes: int | None) -> torch.Tensor:
@@ -167,4 +178,4 @@ def query_setup(
                 check_labels(target, num_classes, "target classes")
         pred = clean.argmax(dim=1) if clean.dim() == 2 else clean
         yield QuerySetup(box, x, y, target, eps_t, norm, bounds, num_classes, pred, generator, seed_used,
-                         max_queries)
+                         max_queries, clean_scores=clean if clean.dim() == 2 else None)
