@@ -17,7 +17,10 @@ from .apgd import apgd
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fmn import fmn
+from .square import square
+from .simba import simba
+from .nes import nes
 from .ensemble import EOT, autoattack
 
 __all__ = sorted(["fgsm", "bim", "pgd", "mifgsm", "apgd", "cw_l2", "deepfool", "fmn",
-                  "margin_loss", "dlr_loss", "ce_loss", "autoattack", "EOT"])
+                  "margin_loss", "dlr_loss", "ce_loss", "autoattack", "EOT", "square", "simba", "nes"])
