@@ -8,6 +8,8 @@ fra31/auto-attack (``autoattack/autopgd_base.py``) is the numerical reference fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -218,7 +220,7 @@ def _run(
     best_f: Tensor,
     idx: Tensor,
     t: Tensor | None,
-    loss_fn,
+    loss_fn: Callable[..., Tensor],
     *,
     steps: int,
     rho: float,
