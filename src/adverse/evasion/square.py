@@ -19,7 +19,7 @@ from ..models import looks_like_probabilities
 from ..results import AttackResult
 from ..threat import batch_view, clip_to_box, linf_box, lp_norm
 from ._core import Tracker, ce_loss, margin_loss
-from ._query import QuerySetup, query_setup
+from ._query import QuerySetup, as_logits, query_setup
 
 Tensor = torch.Tensor
 
@@ -123,7 +123,7 @@ def square(
     query and is the budget across restarts (AutoAttack's ``n_queries`` is per restart and excludes the
     clean query); the L2 initial grid skips squares that would not fit in the image (the reference fails on
     them) and uses squares of side 1 for images smaller than 5 pixels; probabilities are turned into
-    log-probabilities before the loss.
+    log-probabilities before the loss (the reference applies its losses to whatever the model returns).
 
     References
     ----------
@@ -146,19 +146,19 @@ def square(
                          "(one goes to the clean input); raise max_queries or lower restarts")
     with query_setup(model, x, y, eps=eps, norm=norm, max_queries=max_queries, bounds=bounds, target=target,
                      seed=seed, needs="scores") as s:
-        probs: list[bool] = []  # whether the box answers probabilities, decided on its first answer
         tr = s.tracker()
         share = (max_queries - 1) // restarts
         for _ in range(restarts):
             idx = tr.active()
             if idx.numel() == 0:
                 break
-            _run(s, tr, idx, share, float(p_init), loss, probs)
+            _run(s, tr, idx, share, float(p_init), loss)
         done = s.queries.double()
         fooled = tr.success & (s.clean_pred == s.y if s.target is None else s.clean_pred != s.target)
+        probs = s.clean_scores is not None and looks_like_probabilities(s.clean_scores)
         params: dict[str, Any] = {
             "loss": loss, "p_init": float(p_init), "restarts": restarts, "eps": float(s.eps.max()),
-            "norm": s.norm, "probabilities": bool(probs and probs[0]),
+            "norm": s.norm, "probabilities": probs,
             "queries_mean": float(done.mean()), "queries_median": float(done.median()),
         }
         if bool(fooled.any()):
@@ -199,7 +199,7 @@ def meta_pseudo_gaussian(side: int, dtype: torch.dtype, device: torch.device) ->
 
 
 # --------------------------------------------------------------------------------------------- one run
-def _run(s: QuerySetup, tr: Tracker, idx: Tensor, share: int, p_init: float, loss: str, probs: list[bool]) -> None:
+def _run(s: QuerySetup, tr: Tracker, idx: Tensor, share: int, p_init: float, loss: str) -> None:
     """One start on samples ``idx`` with ``share`` queries each (the initial point included)."""
     x = s.x[idx]
     eps = s.eps[idx]
@@ -211,9 +211,7 @@ def _run(s: QuerySetup, tr: Tracker, idx: Tensor, share: int, p_init: float, los
     lower, upper = linf_box(x, eps, s.bounds) if s.norm == "linf" else (None, None)
 
     def objective(z: Tensor, rows: Tensor) -> Tensor:
-        if not probs:
-            probs.append(looks_like_probabilities(z))
-        z = z.clamp_min(1e-30).log() if probs[0] else z
+        z = as_logits(z)  # probabilities become log-probabilities, logits of the same softmax
         yy, tt = y[rows], None if t is None else t[rows]
         return margin_loss(z, yy, tt) if loss == "margin" else ce_loss(z, yy, tt)
 
