@@ -21,7 +21,8 @@ from .square import square
 from .simba import simba
 from .nes import nes
 from .hopskipjump import hopskipjump
+from .fab import fab
 from .ensemble import EOT, autoattack
 
 __all__ = sorted(["fgsm", "bim", "pgd", "mifgsm", "apgd", "cw_l2", "deepfool", "fmn",
-                  "margin_loss", "dlr_loss", "ce_loss", "autoattack", "EOT", "square", "simba", "nes", "hopskipjump"])
+                  "margin_loss", "dlr_loss", "ce_loss", "autoattack", "EOT", "square", "simba", "nes", "hopskipjump", "fab"])
