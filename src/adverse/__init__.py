@@ -13,7 +13,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"errors", "threat", "models", "results", "data", "zoo", "evasion", "evaluation", "cli"}
+_SUBMODULES = {"errors", "threat", "models", "results", "data", "zoo", "evasion", "evaluation", "privacy", "poisoning",
+               "defenses", "execution", "cli"}
 _NAMES = {
     "AdverseError": "errors",
     "ThreatModel": "threat",

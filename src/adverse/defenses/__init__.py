@@ -1,0 +1,53 @@
+"""Defenses against evasion, poisoning and inference attacks.
+
+Names load lazily from their modules:
+
+* ``training``: ``adversarial_training``, ``adversarial_step`` (PGD-AT, TRADES, MART, FGSM-RS, N-FGSM);
+* ``regularization``: input-gradient regularization (double backpropagation) and a Lipschitz-margin option;
+* ``preprocessing``: ``BitDepth``, ``JPEG``, ``MedianFilter``, ``GaussianNoise``, ``RandomResizePad``
+  (``gradient="exact" | "bpda" | "eot"``);
+* ``detection``: ``FeatureSqueezing``, ``Mahalanobis``, ``LID``;
+* ``poison_detection``: ``activation_clustering``, ``spectral_signatures``, ``strip``, ``neural_cleanse``,
+  ``fine_pruning``;
+* ``smoothing`` (randomized smoothing), ``bounds`` (interval bound propagation), ``dp`` (DP-SGD through Opacus)
+  as submodules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULES = {"training", "regularization", "preprocessing", "detection", "poison_detection",
+               "smoothing", "bounds", "dp"}
+_NAMES = {
+    "adversarial_training": "training",
+    "adversarial_step": "training",
+    "BitDepth": "preprocessing",
+    "JPEG": "preprocessing",
+    "MedianFilter": "preprocessing",
+    "GaussianNoise": "preprocessing",
+    "RandomResizePad": "preprocessing",
+    "FeatureSqueezing": "detection",
+    "Mahalanobis": "detection",
+    "LID": "detection",
+    "activation_clustering": "poison_detection",
+    "spectral_signatures": "poison_detection",
+    "strip": "poison_detection",
+    "neural_cleanse": "poison_detection",
+    "fine_pruning": "poison_detection",
+}
+
+__all__ = sorted(_SUBMODULES | set(_NAMES))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"adverse.defenses.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"adverse.defenses.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'adverse.defenses' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
