@@ -1,0 +1,214 @@
+"""Targeted clean-label poisoning of chosen test points: Poison Frogs (feature collision) and Witches' Brew
+(gradient matching). The poisons are training images of the adversarial class, perturbed within an L∞ budget
+``eps``, with their correct labels; the victim that trains on them should classify the *target* input as the
+adversarial class and leave other inputs alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ..errors import InputError
+from ..threat import clip_to_box, linf_box
+from ._common import budget, check_class, check_data, check_eps, check_rate, features, select
+from .data import PoisonedData
+
+
+def _target(x_target: torch.Tensor, data: Dataset) -> torch.Tensor:
+    """The target input as a batch of one, checked against the training set's shape and bounds."""
+    if not torch.is_tensor(x_target):
+        raise InputError(f"x_target must be a torch.Tensor, got {type(x_target).__name__}")
+    t = x_target if x_target.dim() == data.x.dim() else x_target[None]
+    if tuple(t.shape) != (1, *data.x.shape[1:]):
+        raise InputError(f"x_target must be one input of shape {tuple(data.x.shape[1:])}, got {tuple(x_target.shape)}")
+    lo, hi = data.bounds
+    if not torch.isfinite(t).all() or t.min() < lo - 1e-6 or t.max() > hi + 1e-6:
+        raise InputError(f"x_target must be finite and inside the bounds {data.bounds}")
+    return t.to(data.x.dtype)
+
+
+def _setup(data: Dataset, x_target: torch.Tensor, adv_label: int, rate: float, eps: float, seed: int):
+    """Validate, then draw the base images: ``round(rate · n)`` training images of the adversarial class."""
+    check_data(data)
+    t = _target(x_target, data)
+    adv_label = check_class(adv_label, data.num_classes, "adv_label")
+    rate = check_rate(rate)
+    eps = check_eps(eps, data.bounds)
+    pool = (data.y == adv_label).nonzero().flatten()
+    idx = select(pool, max(budget(rate, len(data)), 1), seed, f"poisons of class {adv_label}")
+    return t, adv_label, rate, eps, idx
+
+
+def _result(data: Dataset, idx: torch.Tensor, x_poison: torch.Tensor, attack: str, params: dict,
+            t: torch.Tensor, y_target: int | None, adv_label: int) -> PoisonedData:
+    x = data.x.clone()
+    x[idx] = x_poison.detach()
+    targets = {"x": t.detach().clone(), "adv_label": torch.tensor([adv_label]), "x_clean": data.x[idx].clone()}
+    if y_target is not None:
+        targets["y"] = torch.tensor([int(y_target)])
+    return PoisonedData(x, data.y.clone(), idx, attack, params, data.num_classes, data.y.clone(), data.bounds,
+                        None, targets)
+
+
+def _frozen_copy(model: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
+    """A private eval-mode copy of ``model`` whose parameters require grad; the caller's model is not touched."""
+    m = copy.deepcopy(model).eval()
+    params = list(m.parameters())
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    return m, params
+
+
+def feature_collision(
+    model: nn.Module, data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
+    rate: float = 0.01, eps: float = 0.25, steps: int = 200, lr: float = 0.05, beta0: float = 0.25,
+    opacity: float = 0.0, layer: str | nn.Module | None = None, seed: int = 0,
+) -> PoisonedData:
+    """Poison Frogs: make base images of the adversarial class collide with the target in feature space.
+
+    For each base ``b`` (a training image of class ``adv_label``), Algorithm 1 of Shafahi et al.:
+    forward step ``x̂ = x − λ ∇_x ‖f(x) − f(t)‖²``, backward (proximal) step
+    ``x = (x̂ + λβ b) / (1 + λβ)``, with ``β = β0 · d_f² / d_b²`` (input dimension ``d_b``, feature dimension
+    ``d_f``), followed here by the projection onto ``‖x − b‖_∞ ≤ eps`` ∩ bounds. ``opacity > 0`` first blends
+    the target into the base (the paper's "watermarking" for end-to-end training).
+
+    Parameters
+    ----------
+    model : the attacker's feature extractor (a trained classifier); left exactly as found.
+    data : the clean training set the poisons are drawn from and inserted into.
+    x_target : the test input to attack, shape (c, h, w) or (1, c, h, w).
+    adv_label : the class the target should be given.
+    y_target : the target's true label (stored for bookkeeping), optional.
+    rate : fraction of the training set used as poisons (at least one).
+    eps : L∞ budget on each poison, in input units.
+    steps, lr, beta0 : the optimizer (λ = lr).
+    opacity : watermark opacity γ: ``b ← (1 − γ) b + γ t`` before optimizing (then projected).
+    layer : feature layer, the input of which is ``f`` (default: the input of the last ``nn.Linear``).
+    seed : which bases are drawn.
+
+    Returns
+    -------
+    PoisonedData (labels unchanged; ``targets`` holds the target and ``adv_label``).
+
+    References
+    ----------
+    Shafahi, Huang, Najibi, Suciu, Studer, Dumitras & Goldstein, "Poison Frogs! Targeted Clean-Label Poisoning
+    Attacks on Neural Networks", NeurIPS 2018.
+    """
+    from ..models import attack_mode
+
+    t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed)
+    b = data.x[idx]
+    if not 0.0 <= float(opacity) < 1.0:
+        raise InputError(f"opacity must lie in [0, 1), got {opacity!r}")
+    lower, upper = linf_box(b, torch.full((b.shape[0],), eps, dtype=b.dtype), data.bounds)
+    with attack_mode(model):
+        f_t = features(model, t, layer).detach()
+        beta = beta0 * f_t.shape[1] ** 2 / b[0].numel() ** 2
+        x = b + clip_to_box((1 - opacity) * b + opacity * t - b, lower, upper)
+        for _ in range(steps):
+            x = x.detach().requires_grad_(True)
+            loss = (features(model, x, layer, grad=True) - f_t).pow(2).sum()
+            (g,) = torch.autograd.grad(loss, x)
+            x_hat = x.detach() - lr * g
+            x = (x_hat + lr * beta * b) / (1 + lr * beta)
+            x = b + clip_to_box(x - b, lower, upper)
+    params = {"adv_label": adv_label, "y_target": y_target, "rate": rate, "eps": eps, "steps": steps, "lr": lr,
+              "beta0": beta0, "opacity": opacity, "layer": layer if isinstance(layer, str) else None, "seed": seed}
+    return _result(data, idx, x, "feature_collision", params, t, y_target, adv_label)
+
+
+def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter], create_graph: bool) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+
+
+def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm: torch.Tensor) -> torch.Tensor:
+    """``1 − ⟨∇_θ L_t, ∇_θ L_p⟩ / (‖∇_θ L_t‖ ‖∇_θ L_p‖)`` over all parameters (Geiping et al., Eq. 3)."""
+    dot = sum((a * b).sum() for a, b in zip(g_p, g_t))
+    norm_p = torch.sqrt(sum(a.pow(2).sum() for a in g_p))
+    return 1 - dot / (norm_p * g_t_norm + 1e-12)
+
+
+def gradient_matching(
+    model: nn.Module, data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
+    rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1, seed: int = 0,
+) -> PoisonedData:
+    """Witches' Brew: perturb base images of the adversarial class so that their training gradient aligns with
+    the gradient that would teach the model ``f(x_t) = y_adv``.
+
+    With the attacker's (clean-)trained parameters θ, the poisons' perturbations Δ minimize
+
+        B(Δ) = 1 − ⟨∇_θ L(F(x_t; θ), y_adv), Σ_i ∇_θ L(F(x_i + Δ_i; θ), y_i)⟩
+                   / (‖∇_θ L(F(x_t; θ), y_adv)‖ · ‖Σ_i ∇_θ L(F(x_i + Δ_i; θ), y_i)‖)
+
+    subject to ``‖Δ_i‖_∞ ≤ eps`` and the bounds, by signed Adam (step ``tau · eps``, divided by 10 at 3/8, 5/8
+    and 7/8 of the steps) from a uniform random start, projecting after every step; of ``restarts`` runs the one
+    with the lowest ``B`` is kept (Algorithm 1). The labels ``y_i`` are correct, so the poisons are clean-label.
+
+    Parameters
+    ----------
+    model : the attacker's trained surrogate; a private copy is differentiated, ``model`` is left as found.
+    data : the clean training set the poisons are drawn from and inserted into.
+    x_target : the test input to attack, shape (c, h, w) or (1, c, h, w).
+    adv_label : the class the victim should give the target.
+    y_target : the target's true label (for bookkeeping), optional.
+    rate : fraction of the training set perturbed (the paper's budget; at least one image).
+    eps : L∞ budget per poison, in input units (the paper uses 16/255 on CIFAR-10).
+    steps, restarts, tau : M, R and the relative step size of Algorithm 1.
+    seed : which bases are drawn and the random starts.
+
+    Returns
+    -------
+    PoisonedData; ``params["alignment"]`` is the best cosine similarity ``1 − B`` reached and
+    ``params["seconds"]`` the crafting time.
+
+    References
+    ----------
+    Geiping, Fowl, Huang, Czaja, Taylor, Moeller & Goldstein, "Witches' Brew: Industrial Scale Data Poisoning
+    via Gradient Matching", ICLR 2021.
+    """
+    t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed)
+    if steps < 1 or restarts < 1:
+        raise InputError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
+    start = time.perf_counter()
+    net, params = _frozen_copy(model)
+    x, y = data.x[idx], data.y[idx]
+    n = x.shape[0]
+    lower, upper = linf_box(x, torch.full((n,), eps, dtype=x.dtype), data.bounds)
+    g_t = [g.detach() for g in _flat_grad(F.cross_entropy(net(t), torch.tensor([adv_label])), params, False)]
+    g_t_norm = torch.sqrt(sum(g.pow(2).sum() for g in g_t))
+    gen = torch.Generator().manual_seed(int(seed))
+    best_delta, best_loss = torch.zeros_like(x), float("inf")
+    milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    for _ in range(restarts):
+        delta = clip_to_box((torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * eps, lower, upper)
+        delta.requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=tau * eps)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        for _ in range(steps):
+            g_p = _flat_grad(F.cross_entropy(net(x + delta), y, reduction="sum"), params, True)
+            loss = _cosine_mismatch(g_p, g_t, g_t_norm)
+            (grad,) = torch.autograd.grad(loss, delta)
+            opt.zero_grad(set_to_none=True)
+            delta.grad = grad.sign()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                delta.copy_(clip_to_box(delta, lower, upper))
+        with torch.no_grad():
+            delta = delta.detach()
+        g_p = _flat_grad(F.cross_entropy(net(x + delta), y, reduction="sum"), params, False)
+        final = float(_cosine_mismatch(g_p, g_t, g_t_norm))
+        if final < best_loss:
+            best_loss, best_delta = final, delta
+    params_out = {"adv_label": adv_label, "y_target": y_target, "rate": rate, "eps": eps, "steps": steps,
+                  "restarts": restarts, "tau": tau, "seed": seed, "alignment": 1 - best_loss,
+                  "seconds": time.perf_counter() - start}
+    return _result(data, idx, x + best_delta, "gradient_matching", params_out, t, y_target, adv_label)
