@@ -132,6 +132,7 @@ class ReferenceModels:
         seeds = spawn_seeds(seed, n + 1)
         self.masks = halves(n, x_pool.shape[0], pairing, seeds[-1])
         self.seeds = seeds[:n]
+        self.pair_ids = [k // 2 if pairing == "complementary" and (k // 2) * 2 + 1 < n else n + k for k in range(n)]
         self._models: list[nn.Module] | None = None
         self._logits: dict[str, Tensor] = {}
         self.train_seconds = 0.0
@@ -143,6 +144,7 @@ class ReferenceModels:
         obj.n = len(keep)
         obj.masks = parent.masks[keep]
         obj.seeds = [parent.seeds[k] for k in keep]
+        obj.pair_ids = [parent.pair_ids[k] for k in keep]
         obj._models = [parent.models[k] for k in keep]
         obj._logits = {key: z[keep] for key, z in parent._logits.items()}
         return obj
@@ -206,10 +208,18 @@ class ReferenceModels:
 
     # ------------------------------------------------------------------ evaluation helpers
     def leave_out(self, k: int) -> tuple[nn.Module, Tensor, ReferenceModels]:
-        """Use model ``k`` as the target: ``(model k, its membership over the pool, the other models)``."""
+        """Use model ``k`` as the target: ``(model k, its membership over the pool, the remaining references)``.
+
+        With complementary pairs, k's partner is dropped too: it is OUT for exactly k's members and IN for
+        its non-members, so keeping it would tie the references to the target's membership (a model-level
+        offset of the partner would then shift all members' scores alike, and even a model trained on
+        disjoint data would look attackable).
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not (0 <= k < self.n):
             raise InputError(f"k must be an integer in [0, {self.n}), got {k!r}")
-        rest = [j for j in range(self.n) if j != k]
+        rest = [j for j in range(self.n) if self.pair_ids[j] != self.pair_ids[k]]
+        if not rest:
+            raise InputError("leave_out needs at least one reference model besides the target (and its pair)")
         return self.models[k], self.masks[k].clone(), ReferenceModels._view(self, rest)
 
     def train_disjoint(self, x: Tensor, y: Tensor, seed: int | None = None) -> nn.Module:
