@@ -40,6 +40,7 @@ class Config:
     kwargs: dict[str, Any] = field(default_factory=dict)
     fixed_budget: bool = True  # False: a minimal-norm attack (no eps)
     target: bool = False  # pass explicit target classes: success means "classified as the target"
+    images: bool = False  # the attack needs (n, c, h, w) images
 
     @property
     def id(self) -> str:
@@ -64,8 +65,25 @@ CONFIGS = [
     *[Config("deepfool", n, {"norm": n, "steps": 5}, fixed_budget=False) for n in ("l2", "linf")],
     *[Config("fmn", n, {"norm": n, "steps": 5}, fixed_budget=False) for n in ("l1", "l2", "linf")],
     Config("fmn", "l2", {"norm": "l2", "steps": 5}, fixed_budget=False, target=True),
+    *[Config("fab", n, {"norm": n, "steps": 5}, fixed_budget=False) for n in ("linf", "l2", "l1")],
+    Config("fab", "linf", {"steps": 5, "targeted": True, "n_target_classes": 2}),
+    Config("fab", "l2", {"steps": 5}, target=True),
+    # score- and decision-based attacks (they only query the model) and the transfer attack
+    *[Config("square", n, {"max_queries": 30}, images=True) for n in ("linf", "l2")],
+    Config("square", "linf", {"max_queries": 30}, target=True, images=True),
+    *[Config("simba", n, {"max_queries": 30}) for n in ("linf", "l2")],
+    Config("simba", "l2", {"max_queries": 30, "basis": "dct"}, target=True, images=True),
+    *[Config("nes", n, {"max_queries": 40, "samples": 4}) for n in ("linf", "l2")],
+    Config("nes", "linf", {"max_queries": 40, "samples": 4, "method": "spsa"}, target=True),
+    *[Config("hopskipjump", n, {"norm": n, "max_queries": 60, "steps": 2, "init_evals": 5, "max_evals": 10},
+             fixed_budget=False) for n in ("l2", "linf")],
+    Config("hopskipjump", "l2", {"max_queries": 60, "steps": 2, "init_evals": 5, "max_evals": 10}),
+    *[Config("transfer", n, {"steps": 3}) for n in ("linf", "l2", "l1")],
+    Config("transfer", "linf", {"steps": 3, "vmi_samples": 2}, target=True),
+    Config("transfer", "linf", {"steps": 3, "diversity_prob": 0.7, "kernel_size": 3}, images=True),
 ]
 
+QUERY_ATTACKS = ("square", "simba", "nes", "hopskipjump")
 EPS = {"linf": [0.02, 0.1, 0.3], "l2": [0.1, 0.5, 2.0], "l1": [0.5, 2.0, 6.0]}
 
 
@@ -108,7 +126,7 @@ class Problem:
 
 @st.composite
 def problems(draw, cfg: Config) -> Problem:
-    arch = draw(st.sampled_from(["tiny", "mlp"]))
+    arch = draw(st.sampled_from(["tiny"] if cfg.images else ["tiny", "mlp"]))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     n = draw(st.integers(1, 4))
     bounds = draw(st.sampled_from([(0.0, 1.0), (-1.0, 2.0)]))
@@ -155,7 +173,10 @@ def run(cfg: Config, p: Problem, model: nn.Module | None = None):
         kw["norm"] = cfg.norm
     if cfg.target:
         kw["target"] = p.target
-    return fn(p.model if model is None else model, p.x, p.y, bounds=p.bounds, seed=p.seed, **kw)
+    model = p.model if model is None else model
+    if cfg.attack == "transfer":  # the model is both the surrogate and the attacked model
+        return fn(model, model, p.x, p.y, bounds=p.bounds, seed=p.seed, **kw)
+    return fn(model, p.x, p.y, bounds=p.bounds, seed=p.seed, **kw)
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
@@ -292,7 +313,13 @@ def test_forwards_count_the_real_passes(cfg: Config) -> None:
                 {"linf": 0.05, "l2": 0.5, "l1": 2.0}[cfg.norm] if cfg.fixed_budget else None, (0.0, 1.0), 0)
     rec = Recorder(model)
     r = run(cfg, p, model=rec)
-    assert r.forwards == rec.rows
-    assert 0 < r.backwards <= r.forwards
-    assert r.queries == 0
     assert r.seconds > 0
+    if cfg.attack in QUERY_ATTACKS:  # only queries, each counted once
+        assert r.queries == rec.rows and r.forwards == r.backwards == 0
+        return
+    if cfg.attack == "transfer":  # surrogate passes, then one clean and one adversarial query per sample
+        assert r.forwards + r.queries == rec.rows and r.queries == 2 * x.shape[0]
+    else:
+        assert r.forwards == rec.rows and r.queries == 0
+    # FAB differentiates every class: K backward passes per Jacobian
+    assert 0 < r.backwards <= (NUM_CLASSES if cfg.attack == "fab" else 1) * r.forwards

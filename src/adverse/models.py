@@ -102,12 +102,18 @@ class Counted:
             return self(x)
 
     def value_and_grad(
-        self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        x: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits, per-sample loss, d loss.sum() / d x)`` at ``x``: one forward and one backward pass."""
+        """``(logits, per-sample loss, d loss.sum() / d x)`` at ``x``: one forward and one backward pass.
+
+        ``transform`` (differentiable) is applied to ``x`` before the model, e.g. an input-diversity map; the
+        gradient is still taken with respect to ``x``."""
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self(x)
+            logits = self(x if transform is None else transform(x))
             loss = loss_fn(logits)
             if not loss.requires_grad:
                 raise ModelError(
