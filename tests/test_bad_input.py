@@ -41,8 +41,17 @@ ATTACKS = {
     "cw_l2": ({"steps": 2, "binary_search_steps": 1}, False, ("l2",), False),
     "deepfool": ({"steps": 2}, False, ("l2", "linf"), False),
     "fmn": ({"steps": 2}, False, ("linf", "l2", "l1"), False),
+    "fab": ({"steps": 2}, False, ("linf", "l2", "l1"), False),
+    "transfer": ({"steps": 2}, True, ("linf", "l2", "l1"), True),
+    # score- and decision-based attacks
+    "square": ({"max_queries": 10}, True, ("linf", "l2"), False),
+    "simba": ({"max_queries": 10}, True, ("linf", "l2"), False),
+    "nes": ({"max_queries": 20, "samples": 2}, True, ("linf", "l2"), True),
+    "hopskipjump": ({"max_queries": 20, "steps": 1, "init_evals": 2, "max_evals": 4}, False, ("l2", "linf"), False),
 }
 NAMES = list(ATTACKS)
+QUERY = ("square", "simba", "nes", "hopskipjump")  # they only query: a BlackBox and probabilities are fine
+WITH_STEPS = [n for n in NAMES if n not in ("fgsm", "square", "simba")]
 
 
 def make_problem(n: int = 3):
@@ -51,7 +60,7 @@ def make_problem(n: int = 3):
         model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2),
                               nn.Linear(8, NUM_CLASSES))
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(n, 2, 3, generator=g)
+    x = torch.rand(n, 1, 2, 3, generator=g)  # 2 × 3 single-channel images
     with torch.no_grad():
         y = model.eval()(x).argmax(1)
     model.train()  # the caller's mode, to be restored even when the attack refuses its input
@@ -64,6 +73,8 @@ def call(name: str, model, x, y, **overrides):
     if fixed:
         args.update(eps=0.1, norm="linf")
     args.update(overrides)
+    if name == "transfer":  # the model is both the surrogate and the attacked model
+        return ev.transfer(model, model, x, y, **args)
     return getattr(ev, name)(model, x, y, **args)
 
 
@@ -109,7 +120,7 @@ def test_the_problem_itself_is_fine() -> None:
 def test_non_finite_inputs(name: str, bad: float) -> None:
     model, x, y = make_problem()
     x = x.clone()
-    x[1, 0, 2] = bad
+    x[1, 0, 1, 2] = bad
     expect_error(name, model, x, y, r"NaN or infinite.*(clean|drop)", InputError)
 
 
@@ -244,7 +255,7 @@ def test_unknown_loss(name: str) -> None:
         assert valid in str(err)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("fgsm",)])
+@pytest.mark.parametrize("name", WITH_STEPS)
 def test_zero_steps(name: str) -> None:
     model, x, y = make_problem()
     expect_error(name, model, x, y, r"steps", InputError, steps=0)
@@ -260,7 +271,7 @@ def test_dlr_needs_enough_classes() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- models
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in QUERY])
 def test_model_returning_probabilities(name: str) -> None:
     _, x, y = make_problem()
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, NUM_CLASSES), nn.Softmax(dim=1))
@@ -273,10 +284,10 @@ def test_model_returning_probabilities(name: str) -> None:
 def test_model_returning_a_bad_shape(name: str) -> None:
     _, x, y = make_problem()
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, NUM_CLASSES), nn.Flatten(0))
-    expect_error(name, model, x, y, r"logits of shape \(n, classes\)", ModelError)
+    expect_error(name, model, x, y, r"(logits|scores) of shape \((n|3), classes\)", ModelError)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in QUERY and n != "transfer"])
 def test_black_box_to_a_gradient_attack(name: str) -> None:
     model, x, y = make_problem()
     box = adverse.BlackBox(lambda t: model.eval()(t))
@@ -386,3 +397,50 @@ def test_load_npz_bad_inputs(tmp_path) -> None:
         load_npz(_bad_npz(tmp_path, "nan.npz", x=np.array([[0.1, np.nan]] * 3), y=np.zeros(3, dtype=int)))
     with pytest.raises(AdverseError, match=r"finite numbers"):
         load_npz(_bad_npz(tmp_path, "s.npz", x=np.array([["a", "b"]] * 3), y=np.zeros(3, dtype=int)))
+
+
+# --------------------------------------------------------------------------------------------------- black boxes
+def _answers(model: nn.Module, how: str):
+    """A black box that answers badly in one way, on the first query or a later one."""
+    calls = {"n": 0}
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        with torch.no_grad():
+            z = model.eval()(t)
+        if how == "labels":
+            return z.argmax(1)
+        late = calls["n"] > 1
+        if how == "nan" and late:
+            return z.masked_fill(torch.arange(z.shape[0])[:, None] == 0, float("nan"))
+        if how == "shape" and late:
+            return z[:, :2]
+        if how == "rows":
+            return z[:1]
+        return z
+
+    return fn
+
+
+@pytest.mark.parametrize("name", QUERY)
+@pytest.mark.parametrize("how, pattern", [
+    ("nan", r"NaN|changed its number of classes"),
+    ("shape", r"changed its number of classes|shape"),
+    ("rows", r"shape \(3, classes\)|labels of shape \(3,\)"),
+])
+def test_black_box_bad_answers(name: str, how: str, pattern: str) -> None:
+    model, x, y = make_problem()
+    model.eval()
+    box = adverse.BlackBox(_answers(model, how))
+    with pytest.raises(ModelError, match=pattern):
+        call(name, box, x, y)
+
+
+@pytest.mark.parametrize("name", [n for n in QUERY if n != "hopskipjump"])
+def test_labels_where_scores_are_needed(name: str) -> None:
+    model, x, y = make_problem()
+    box = adverse.BlackBox(_answers(model, "labels"), output="labels")
+    with pytest.raises(ModelError, match=r"needs scores.*(decision|hopskipjump)"):
+        call(name, box, x, y)
+    # the decision-based attack takes the same black box
+    call("hopskipjump", box, x, y)
