@@ -365,6 +365,7 @@ def train_loop(
     patience: int | None = None,
     monitor: Callable[[], float] | None = None,
     co_drop: float = 0.2,
+    schedule: str = "constant",
     params: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """The epoch loop shared by the adversarial and regularized trainers.
@@ -374,8 +375,10 @@ def train_loop(
     overfitting), and training stops after ``patience`` epochs without improvement. ``monitor()`` (robust
     accuracy on a fixed training subset) runs after every epoch too; a fall of more than ``co_drop`` below its
     best value is catastrophic overfitting: the weights of the monitor's best epoch are restored and training
-    stops.
+    stops. ``schedule="cosine"`` anneals the learning rate to 0 over all steps (per batch).
     """
+    if schedule not in ("constant", "cosine"):
+        raise InputError(f"unknown schedule {schedule!r}; use 'constant' or 'cosine'")
     if not isinstance(epochs, int) or epochs < 1:
         raise InputError(f"epochs must be an integer ≥ 1, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -387,8 +390,13 @@ def train_loop(
     g, _ = make_generator(seed, x.device)
     order_gen = torch.Generator().manual_seed(int(seed))
     opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = None
+    if schedule == "cosine":
+        total_steps = epochs * -(-x.shape[0] // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     res = TrainingResult(model=model, method=name, params=dict(params or {}, epochs=epochs, batch_size=batch_size,
-                                                               lr=lr, weight_decay=weight_decay, seed=seed))
+                                                               lr=lr, weight_decay=weight_decay, seed=seed,
+                                                               schedule=schedule))
     best_val, best_state, since_best = -1.0, None, 0
     best_mon, mon_state = -1.0, None
     seen = 0
@@ -400,6 +408,8 @@ def train_loop(
         for i in range(0, x.shape[0], batch_size):
             b = order[i: i + batch_size]
             r = step(x[b], y[b], opt, g)
+            if sched is not None:
+                sched.step()
             res.forwards += r.forwards
             res.backwards += r.backwards
             res.steps += 1
@@ -464,6 +474,7 @@ def adversarial_training(
     monitor: bool | None = None,
     monitor_size: int = 256,
     co_drop: float = 0.2,
+    schedule: str = "constant",
     bounds: tuple[float, float] | None = None,
     seed: int = 0,
 ) -> TrainingResult:
@@ -476,6 +487,7 @@ def adversarial_training(
     method : "pgd", "trades", "mart", "fgsm-rs", "n-fgsm" or "fgsm" (see :func:`adversarial_step`).
     eps, norm, steps, alpha, beta : the training threat model and the method's parameters.
     epochs, batch_size, lr, weight_decay, optimizer : the outer optimisation (Adam by default).
+    schedule : "constant" learning rate or "cosine" annealing to 0 over the run.
     validation : held-out data for early stopping on robust accuracy (PGD-``val_steps`` at ``eps``, fixed seed):
         the weights of the best epoch are kept (Rice et al. 2020); with ``patience`` training stops after that
         many epochs without improvement.
@@ -518,6 +530,6 @@ def adversarial_training(
 
     return train_loop(model, x, y, step, name=c.method, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, seed=seed, evaluate=evaluate, patience=patience,
-                      monitor=mon, co_drop=co_drop,
+                      monitor=mon, co_drop=co_drop, schedule=schedule,
                       params={"eps": c.eps, "norm": c.norm, "steps": c.steps, "alpha": c.alpha, "beta": c.beta,
                               "monitor": bool(monitor), "val_steps": val_steps})
