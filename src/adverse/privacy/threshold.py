@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InputError
 from ._result import MembershipScores, with_baseline
-from ._signals import check_label_range, check_xy, model_logits
+from ._signals import check_label_range, check_xy, model_logits, scaled_logit
 from .reference import ReferenceModels
 
 Tensor = torch.Tensor
@@ -31,16 +31,18 @@ def log1mexp(a: Tensor) -> Tensor:
 def signal(z: Tensor, y: Tensor, kind: str) -> Tensor:
     """Per-sample membership signal from logits ``z`` (..., n, C) and labels ``y`` (n,), float64, higher = member.
 
-    - ``loss``: ``log p_y`` (minus the cross-entropy loss; Yeom et al. 2018).
+    - ``loss``: ``log p_y`` (minus the cross-entropy loss; Yeom et al. 2018), as ``−softplus(−φ)`` with φ the
+      scaled logit, so that confident members do not tie at 0.
     - ``confidence``: ``p_y`` (Song & Mittal 2021, M_conf).
     - ``entropy``: ``Σ_k p_k log p_k`` (minus the prediction entropy; Song & Mittal, M_entr).
     - ``modified_entropy``: minus ``Mentr = −(1 − p_y) log p_y − Σ_{k≠y} p_k log(1 − p_k)`` (Song & Mittal,
       M_Mentr), with ``log(1 − p_k)`` computed from ``log p_k`` without cancellation.
     """
-    logp = torch.log_softmax(z.double(), dim=-1)
-    p = logp.exp()
     idx = y.expand(z.shape[:-1]).unsqueeze(-1)
-    logp_y = logp.gather(-1, idx).squeeze(-1)
+    # log p_y = −log(1 + e^{−φ}) = −softplus(−φ) keeps members apart where 1 − p_y is below float64's epsilon
+    logp_y = -torch.nn.functional.softplus(-scaled_logit(z, y))
+    logp = torch.log_softmax(z.double(), dim=-1).scatter(-1, idx, logp_y.unsqueeze(-1))
+    p = logp.exp()
     if kind == "loss":
         return logp_y
     if kind == "confidence":
