@@ -150,10 +150,10 @@ class Detector:
         with torch.no_grad():
             s = self.score(x_clean)
         m = s.numel()
-        allowed = int(math.floor(self.fpr * m))
+        allowed = int(math.floor(self.fpr * m + 1e-9))
         srt = s.sort().values
         self.threshold_ = float(srt[m - allowed - 1])
-        self.realised_fpr_ = float((s > self.threshold_).float().mean())
+        self.realised_fpr_ = int((s > self.threshold_).sum()) / m
         self.score_scale_ = float(s.std().clamp_min(1e-12))
         return self
 
@@ -171,6 +171,8 @@ class Detector:
         """Per-sample bool: True where the input is flagged as adversarial (score above ``threshold_``)."""
         if self.threshold_ is None:
             raise InputError(f"{type(self).__name__} is not fitted; call fit(x_clean) first")
+        x, _ = check_inputs(x, torch.zeros(x.shape[0] if torch.is_tensor(x) else 0, dtype=torch.long),
+                            (-math.inf, math.inf))
         with torch.no_grad():
             return self.score(x) > self.threshold_
 
