@@ -96,3 +96,30 @@ def test_bad_arguments(digits_cnn, digits_test):
         autoattack(digits_cnn, x, y, eps=-0.1)
     with pytest.raises(AdverseError):
         autoattack(digits_cnn, x, y, eps=0.1, norm="l3")
+
+
+class _Rounded(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x))
+
+
+class _Noisy(_Rounded):
+    def forward(self, x):
+        return self.net(x + 0.05 * torch.randn_like(x))
+
+
+def test_flags_masked_gradients_and_randomness(digits_cnn, digits_cnn_at, digits_test):
+    x, y = digits_test.x[:30], digits_test.y[:30]
+    plan = [_cheap("ce", 5)]
+    honest = autoattack(digits_cnn_at, x, y, eps=0.2, attacks=plan)
+    assert honest.params["flags"] == [] and {c["status"] for c in honest.params["checks"]} == {"pass"}
+    masked = autoattack(_Rounded(digits_cnn), x, y, eps=0.2, attacks=plan)
+    assert any("gradients are zero" in f for f in masked.params["flags"])
+    noisy = autoattack(_Noisy(digits_cnn), x, y, eps=0.2, attacks=plan)
+    assert any("randomized" in f and "version='rand'" in f for f in noisy.params["flags"])
+    quiet = autoattack(_Noisy(digits_cnn), x, y, eps=0.2, attacks=plan, checks=False)
+    assert quiet.params["flags"] == [] and quiet.params["checks"] == []

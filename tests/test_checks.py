@@ -59,9 +59,10 @@ def points(digits_test):
     return digits_test.x[:100], digits_test.y[:100]
 
 
-def test_quiet_on_pgd_trained_model(digits_cnn_at, points):
+def test_quiet_on_pgd_trained_model(digits_cnn_at, digits_cnn, points):
     x, y = points
-    checks = run_checks(digits_cnn_at, x, y, checks=[c for c in CHECKS if c != "black_box"], **FAST)
+    checks = run_checks(digits_cnn_at, x, y, checks=[c for c in CHECKS if c != "black_box"], surrogate=digits_cnn,
+                        **FAST)
     assert all(c.status == "pass" for c in checks), [(c.name, c.message, c.evidence) for c in checks]
     sweep = next(c for c in checks if c.name == "eps_sweep")
     assert sweep.evidence["robust_accuracy"][-1] <= 0.05
@@ -73,6 +74,32 @@ def test_fires_on_input_quantization(digits_cnn, points):
     assert status["gradients"] == "warn"
     assert status["eps_sweep"] == "warn"
     assert status["output"] == "pass" and status["determinism"] == "pass"
+
+
+def test_transfer_check_fires_when_the_own_gradients_mislead(digits_cnn, points):
+    """Rounding inside the model zeroes its gradients; the same network without rounding, as a surrogate, still
+    finds adversarial inputs that survive the rounding."""
+    x, y = points
+    check = run_checks(Quantized(digits_cnn), x, y, checks=("transfer",), surrogate=digits_cnn, eps=0.4, steps=10)[0]
+    assert check.status == "warn", check.evidence
+    assert check.evidence["transfer_extra_fooled_share"] > 0.2
+
+
+def test_black_box_check_fires_on_masked_gradients_and_not_on_adversarial_training(digits_cnn, digits_cnn_at,
+                                                                                   points):
+    x, y = points
+    masked = run_checks(Quantized(digits_cnn), x, y, checks=("black_box",), max_queries=300, eps=0.4, steps=10)[0]
+    assert masked.status == "warn", masked.evidence
+    assert masked.evidence["square_extra_fooled_share"] > 0.2
+    honest = run_checks(digits_cnn_at, x, y, checks=("black_box",), max_queries=300, **FAST)[0]
+    assert honest.status == "pass", honest.evidence
+    assert honest.evidence["white_box_robust_accuracy"] > 0.4  # there were robust points for Square to try
+
+
+def test_transfer_check_is_skipped_without_a_surrogate(digits_cnn, points):
+    x, y = points
+    check = run_checks(digits_cnn, x, y, checks=("transfer",), **FAST)[0]
+    assert check.status == "skip" and "surrogate" in check.message
 
 
 def test_fires_on_thresholding_without_graph(digits_cnn, points):

@@ -92,6 +92,16 @@ def test_audit_json_end_to_end(json_run):
     assert d["model"]["name"] == "digits-cnn" and d["data"]["name"] == "digits"
     assert (out / "results.json").read_text(encoding="utf-8") == r.stdout
     assert "Traceback" not in r.stderr
+    # the gradient-masking checks ran at one of the audited budgets and say pass or warn with their evidence
+    from adverse.evaluation.checks import CHECKS
+
+    assert [c["name"] for c in d["checks"]] == list(CHECKS)
+    assert d["config"]["checks"]["eps"] in [0.1, 0.3] and d["config"]["checks"]["n"] == 60
+    status = {c["name"]: c["status"] for c in d["checks"]}
+    assert status["transfer"] == "skip"  # no surrogate in the default audit
+    for name in ("output", "determinism", "gradients", "eps_sweep", "single_vs_iterative"):
+        assert status[name] == "pass", [c for c in d["checks"] if c["name"] == name]
+    assert all(isinstance(c["evidence"], dict) and c["message"] for c in d["checks"])
 
 
 def test_audit_table_and_rerun_into_same_folder(tmp_path):
@@ -101,8 +111,9 @@ def test_audit_table_and_rerun_into_same_folder(tmp_path):
     assert first.exit_code == 0, first.output
     assert "worst case" in first.stdout and "APGD-CE" in first.stdout and "ε=0.3" in first.stdout
     assert "results.json" in first.stdout
+    assert "Sanity checks" in first.stdout and "eps_sweep" in first.stdout
     before = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    second = runner.invoke(app, ["audit", *SMALL, "--json", "--out", str(out)])
+    second = runner.invoke(app, ["audit", *SMALL, "--json", "--no-checks", "--out", str(out)])
     assert second.exit_code == 0, second.output
     text = (out / "results.json").read_text(encoding="utf-8")
     assert text == second.stdout
@@ -172,7 +183,7 @@ def test_audit_function_small(tmp_path):
     from adverse.evaluation import AuditResult, audit
 
     calls = []
-    res = audit(eps=(0.3, 0.1), n=40, steps=5, progress=lambda d, c, t: calls.append((d, c, t)))
+    res = audit(eps=(0.3, 0.1), n=40, steps=5, checks=False, progress=lambda d, c, t: calls.append((d, c, t)))
     d = res.to_dict()
     check_consistent(d, [0.1, 0.3], 40, steps=5)
     assert d["config"]["n"] == 40
@@ -205,14 +216,14 @@ def test_audit_function_user_model_and_numpy_data(digits_cnn, digits_test):
     x, y = digits_test.x[:30].numpy(), digits_test.y[:30].numpy()
     before = {k: v.clone() for k, v in digits_cnn.state_dict().items()}
     digits_cnn.train()
-    res = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1)
+    res = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False)
     assert digits_cnn.training  # the caller's mode is restored
     assert all(torch.equal(before[k], v) for k, v in digits_cnn.state_dict().items())
     d = res.to_dict()
     assert d["model"]["source"] == "user" and d["n"] == 30
     assert [r["attack"] for r in d["attacks"]] == ["fgsm", "pgd"]
     assert d["worst_case"][0]["robust_accuracy"] <= min(r["robust_accuracy"] for r in d["attacks"])
-    again = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1)
+    again = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False)
     assert [r["robust"] for r in again.attacks] == [r["robust"] for r in res.attacks]
 
 
