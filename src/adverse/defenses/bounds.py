@@ -360,7 +360,7 @@ def ibp_train(
     *,
     eps: float,
     epochs: int = 100,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     batch_size: int = 64,
     warmup: float = 0.05,
     ramp: float = 0.5,

@@ -1,0 +1,223 @@
+"""Differentially private training (DP-SGD) through Opacus, to a target ``(ε, δ)``.
+
+DP-SGD (Abadi et al. 2016) samples each record into a batch with probability ``q`` (Poisson sampling), clips each
+per-sample gradient to L2 norm ``C`` (``max_grad_norm``), adds ``N(0, σ² C² I)`` to their sum and takes a step.
+Opacus computes the per-sample gradients, picks the noise multiplier ``σ`` that spends exactly the target ``ε``
+over the planned steps, and its accountant (RDP by default, or PRV / GDP) reports the ``ε`` actually spent.
+
+Opacus cannot compute per-sample gradients through layers that mix samples (BatchNorm) or hold unsupported
+state; :func:`check_dp_compatible` finds them with ``opacus.validators.ModuleValidator`` and either names the fix
+or applies it (``fix=True``: BatchNorm → GroupNorm).
+
+References
+----------
+Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar & Zhang, "Deep Learning with Differential Privacy", CCS 2016.
+Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", arXiv:2109.12298, 2021.
+Gopi, Lee & Wutschitz, "Numerical Composition of Differential Privacy", NeurIPS 2021 (the PRV accountant).
+Mironov, "Rényi Differential Privacy", CSF 2017 (the RDP accountant).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ..errors import InputError, ModelError
+
+ACCOUNTANTS = ("prv", "rdp", "gdp")
+
+
+@dataclass
+class DPResult:
+    """What :func:`train_dp` returns.
+
+    Attributes
+    ----------
+    model : the trained model (the caller's module, or its GroupNorm copy when ``fix=True`` replaced layers),
+        in eval mode, with Opacus' hooks removed.
+    epsilon : the ε the accountant reports for ``delta`` after all steps (≤ the target up to Opacus' tolerance).
+    delta : the δ of the guarantee.
+    target_epsilon : the ε asked for.
+    noise_multiplier : σ, the noise standard deviation in units of ``max_grad_norm``.
+    max_grad_norm : the per-sample clipping norm C.
+    sample_rate : q, the Poisson sampling probability of each record per step.
+    steps : the number of noisy steps taken.
+    accountant : "prv", "rdp" or "gdp".
+    seed : the seed of the sampling and the noise.
+    """
+
+    model: nn.Module
+    epsilon: float
+    delta: float
+    target_epsilon: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    seed: int
+
+
+def _validate(model: nn.Module) -> list[Exception]:
+    """Opacus' layer checks, in training mode (the mode DP-SGD trains in); the caller's modes are restored."""
+    from opacus.validators import ModuleValidator
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        return ModuleValidator.validate(model.train(), strict=False)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def check_dp_compatible(model: nn.Module, *, fix: bool = False) -> nn.Module:
+    """Return ``model`` if Opacus can train it privately; otherwise fix it (``fix=True``) or raise.
+
+    Parameters
+    ----------
+    model : the module to train.
+    fix : replace incompatible layers with ``opacus.validators.ModuleValidator.fix`` (BatchNorm → GroupNorm,
+        in-place-incompatible LSTMs → DPLSTM) and return the fixed copy.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself when compatible, else the fixed copy.
+
+    Raises
+    ------
+    ModelError
+        Naming each incompatible layer and the fix, when ``fix`` is False or the fix did not suffice.
+    """
+    from opacus.validators import ModuleValidator
+
+    errors = _validate(model)
+    if not errors:
+        return model
+    if fix:
+        fixed = ModuleValidator.fix(model)
+        remaining = _validate(fixed)
+        if not remaining:
+            return fixed
+        errors = remaining
+    listed = "; ".join(str(e) for e in errors)
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    hint = (" BatchNorm mixes the samples of a batch, so per-sample gradients do not exist: replace it with "
+            "GroupNorm (nn.GroupNorm(min(32, channels), channels)) or pass fix=True to let "
+            "opacus.validators.ModuleValidator.fix do it." if batchnorm else
+            " Replace these layers, or pass fix=True to try opacus.validators.ModuleValidator.fix.")
+    raise ModelError(f"the model cannot be trained with DP-SGD by Opacus: {listed}.{hint}")
+
+
+def _check(data: Dataset, target_epsilon: float, delta: float, epochs: int, max_grad_norm: float, lr: float,
+           batch_size: int, accountant: str) -> None:
+    n = len(data)
+    if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise InputError(f"target_epsilon must be a finite number > 0 (e.g. 8), got {target_epsilon!r}")
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise InputError(f"delta must lie in (0, 1), got {delta!r}")
+    if delta >= 1 / max(n, 1):
+        raise InputError(
+            f"delta={delta:g} ≥ 1/n = {1 / n:g} for n={n} training records: such a δ allows publishing a record "
+            f"outright; use delta < 1/n (e.g. {10 ** math.floor(math.log10(0.1 / n)):g})"
+        )
+    if not (isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise InputError(f"max_grad_norm (the clipping norm C) must be a finite number > 0, got {max_grad_norm!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InputError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise InputError(f"epochs must be a positive integer, got {epochs!r}")
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+        raise InputError(f"batch_size must be an integer in [1, {n}] (the expected Poisson batch), got {batch_size!r}")
+    if accountant not in ACCOUNTANTS:
+        raise InputError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+
+
+def train_dp(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    target_epsilon: float,
+    delta: float,
+    epochs: int,
+    max_grad_norm: float = 1.0,
+    lr: float = 0.5,
+    batch_size: int = 64,
+    momentum: float = 0.0,
+    accountant: str = "rdp",
+    fix: bool = False,
+    seed: int = 0,
+) -> DPResult:
+    """DP-SGD to a target ``(ε, δ)`` with Opacus' ``PrivacyEngine.make_private_with_epsilon``.
+
+    Records are Poisson-sampled with rate ``q = batch_size / n``; each step clips per-sample gradients to
+    ``max_grad_norm``, adds Gaussian noise with the multiplier σ that Opacus solves for so that ``epochs`` epochs
+    spend ``target_epsilon`` at ``delta``, and takes an SGD step. Sampling and noise come from generators seeded by
+    ``seed``; the global RNG is neither read nor advanced.
+
+    Parameters
+    ----------
+    model : the module to train (trained in place unless ``fix`` replaces layers).
+    data : the private training set.
+    target_epsilon, delta : the privacy budget; ``delta`` must be below ``1 / len(data)``.
+    epochs : passes over the data (the accountant's step count is ``epochs / q``).
+    max_grad_norm : the clipping norm C.
+    lr, momentum : SGD's step size and momentum.
+    batch_size : the expected Poisson batch size.
+    accountant : "rdp" (default: fast, an upper bound), "prv" (tighter, slower to solve for σ) or "gdp".
+    fix : let :func:`check_dp_compatible` replace incompatible layers instead of raising.
+    seed : seeds the Poisson sampling and the noise.
+
+    Returns
+    -------
+    DPResult
+        The model and the accountant's ε, with σ, q and the step count.
+
+    References
+    ----------
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1.
+    Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021.
+    """
+    from opacus import PrivacyEngine
+
+    _check(data, target_epsilon, delta, epochs, max_grad_norm, lr, batch_size, accountant)
+    model = check_dp_compatible(model, fix=fix)
+    device = next((p.device for p in model.parameters()), data.x.device)
+    dataset = torch.utils.data.TensorDataset(data.x.to(device), data.y.to(device))
+    sampling = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.Generator(device=device).manual_seed(int(seed) + 1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, generator=sampling)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG turned off.*")
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order is the (largest|smallest) alpha.*")
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook is firing.*")
+        engine = PrivacyEngine(accountant=accountant)
+        hooks, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=float(target_epsilon),
+            target_delta=float(delta), epochs=epochs, max_grad_norm=float(max_grad_norm), noise_generator=noise,
+            wrap_model=False,
+        )
+        try:
+            model.train()
+            for _ in range(epochs):
+                for xb, yb in loader:
+                    optimizer.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(xb), yb).backward()
+                    optimizer.step()
+            epsilon = float(engine.get_epsilon(delta))
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            hooks.cleanup()
+    steps = sum(s for _, _, s in engine.accountant.history)
+    return DPResult(
+        model=model.eval(), epsilon=epsilon, delta=float(delta), target_epsilon=float(target_epsilon),
+        noise_multiplier=float(optimizer.noise_multiplier), max_grad_norm=float(max_grad_norm),
+        sample_rate=float(engine.accountant.history[0][1]), steps=int(steps), accountant=accountant, seed=int(seed),
+    )
