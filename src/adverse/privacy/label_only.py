@@ -27,6 +27,7 @@ from ._signals import check_xy, model_logits
 Tensor = torch.Tensor
 
 METHODS = ("augmentation", "boundary")
+AUGMENTS = ("auto", "translate", "noise")
 
 
 def predict_labels(model: Any, x: Tensor, batch_size: int = 4096) -> Tensor:
@@ -54,15 +55,20 @@ def translations(x: Tensor, d: int, flips: bool) -> list[Tensor]:
     return out
 
 
-def augmentation_score(model: Any, x: Tensor, y: Tensor, *, max_shift: int = 1, flips: bool = False,
-                       n_noise: int = 50, noise_std: float = 0.05, bounds: tuple[float, float] | None = (0.0, 1.0),
-                       seed: int = 0) -> Tensor:
+def augmentation_score(model: Any, x: Tensor, y: Tensor, *, augment: str = "auto", max_shift: int = 1,
+                       flips: bool = False, n_noise: int = 50, noise_std: float = 0.05,
+                       bounds: tuple[float, float] | None = (0.0, 1.0), seed: int = 0) -> Tensor:
     """Fraction of augmented copies of each ``x`` still labelled ``y`` (Choquette-Choo et al., §4.1).
 
-    4-D inputs: translations (and flips); otherwise ``n_noise`` Gaussian perturbations of std ``noise_std``
-    (clipped to ``bounds`` when given) plus the original.
+    ``augment="translate"`` (the default for 4-D inputs under "auto"): translations (and flips);
+    ``"noise"`` (the default otherwise): ``n_noise`` Gaussian perturbations of std ``noise_std`` (clipped to
+    ``bounds`` when given) plus the original.
     """
-    if x.dim() == 4:
+    if augment not in AUGMENTS:
+        raise InputError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    if augment == "translate" and x.dim() != 4:
+        raise InputError("translations need images of shape (n, channels, height, width); use augment='noise'")
+    if augment == "translate" or (augment == "auto" and x.dim() == 4):
         copies = translations(x, max_shift, flips)
     else:
         g = torch.Generator(device=x.device).manual_seed(seed)
@@ -86,7 +92,7 @@ def boundary_score(model: Any, x: Tensor, y: Tensor, *, max_queries: int, steps:
 
 def label_only(
     model: Any, x: Tensor, y: Tensor, *, method: str = "augmentation", max_queries: int | None = None,
-    steps: int = 40, max_shift: int = 1, flips: bool = False, n_noise: int = 50, noise_std: float = 0.05,
+    steps: int = 40, augment: str = "auto", max_shift: int = 1, flips: bool = False, n_noise: int = 50, noise_std: float = 0.05,
     bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0, baseline: Any = None,
 ) -> MembershipScores:
     """Label-only membership scores (higher = member).
@@ -99,6 +105,7 @@ def label_only(
     method : "augmentation" (robustness to translations / noise) or "boundary" (HopSkipJump distance).
     max_queries : per-sample query budget of the boundary attack (required for ``method="boundary"``).
     steps : HopSkipJump iterations.
+    augment : "auto" (translations for 4-D inputs, noise otherwise), "translate" or "noise".
     max_shift, flips : translations by up to ``max_shift`` pixels (4-D inputs), and their mirror images.
     n_noise, noise_std : the Gaussian perturbations for non-image inputs.
     bounds : the valid input range.
@@ -127,10 +134,11 @@ def label_only(
     else:
         if n_noise < 1 or noise_std <= 0 or max_shift < 0:
             raise InputError("need n_noise ≥ 1, noise_std > 0 and max_shift ≥ 0")
-        fn = lambda m: augmentation_score(m, x, y, max_shift=max_shift, flips=flips, n_noise=n_noise,  # noqa: E731
-                                          noise_std=noise_std, bounds=bounds, seed=seed)
-        per_sample = (2 * max_shift + 1) ** 2 * (2 if flips else 1) if x.dim() == 4 else n_noise + 1
-        params = {"method": method, "max_shift": max_shift, "flips": flips, "n_noise": n_noise,
+        fn = lambda m: augmentation_score(m, x, y, augment=augment, max_shift=max_shift, flips=flips,  # noqa: E731
+                                          n_noise=n_noise, noise_std=noise_std, bounds=bounds, seed=seed)
+        translate = augment == "translate" or (augment == "auto" and x.dim() == 4)
+        per_sample = (2 * max_shift + 1) ** 2 * (2 if flips else 1) if translate else n_noise + 1
+        params = {"method": method, "augment": augment, "max_shift": max_shift, "flips": flips, "n_noise": n_noise,
                   "noise_std": noise_std, "seed": seed}
     params["queries_per_sample"] = per_sample
     return with_baseline(fn, model, baseline, f"label_only:{method}", params)
