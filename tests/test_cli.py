@@ -20,7 +20,18 @@ from adverse.cli import app
 from adverse.errors import AdverseError
 
 ATTACKS = ("fgsm", "pgd", "apgd-ce")
-SMALL = ["--n", "60", "--eps", "0.1,0.3", "--steps", "10"]
+SMALL = ["--n", "60", "--eps", "0.1,0.3", "--steps", "10", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """In-process runs: one intra-op thread is fastest for these small models on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def adverse(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

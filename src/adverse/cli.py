@@ -116,6 +116,9 @@ def audit(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout, and nothing else there.")
     ] = False,
+    checks: Annotated[
+        bool, typer.Option("--checks/--no-checks", help="Run the gradient-masking sanity checks.")
+    ] = True,
 ) -> None:
     """Audit robustness: clean accuracy, and robust accuracy under FGSM, PGD and APGD-CE at each eps.
 
@@ -131,7 +134,7 @@ def audit(
         if out.exists() and not out.is_dir():
             raise AdverseError(f"--out {out} exists and is not a folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
-        result = _run_audit(eps_values, norm, n, steps, seed, threads, err)
+        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, err)
         path = result.save(out)
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
@@ -157,12 +160,18 @@ def audit(
     con.print(_table(result))
     con.print("[dim]Robust accuracy: classified correctly and no adversarial input found within ε. "
               "Worst case: no attack succeeded at this ε or a smaller one.[/]")
+    if result.checks:
+        con.print(_checks_table(result))
+        warned = [c for c in result.checks if c["status"] == "warn"]
+        if warned:
+            con.print(f"[bold yellow]{len(warned)} check(s) warn: the robust accuracies above may over-estimate "
+                      "the truth.[/]")
     con.print(f"Results written to [bold]{escape(str(path))}[/] "
               f"({result.seconds['total']:.1f} s, seed {result.config['seed']}).")
 
 
 def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, seed: int, threads: int | None,
-               err: Console) -> AuditResult:
+               checks: bool, err: Console) -> AuditResult:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -190,7 +199,7 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
         def progress(description: str, completed: float, total: float) -> None:
             bar.update(task, description=description, completed=completed, total=total)
 
-        return audit(eps=eps, norm=norm, n=n, steps=steps, seed=seed, progress=progress)
+        return audit(eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks, progress=progress)
 
 
 def _table(result: AuditResult) -> Any:
@@ -216,6 +225,20 @@ def _table(result: AuditResult) -> Any:
         table.add_row(label, *[_pct(r["robust_accuracy"]) for r in rows], f"{passes:,}", f"{seconds:.1f} s")
     table.add_row("worst case", *[_pct(r["robust_accuracy"]) for r in result.worst_case], "", "",
                   style="bold")
+    return table
+
+
+def _checks_table(result: AuditResult) -> Any:
+    from rich.table import Table
+
+    cfg = result.config.get("checks", {})
+    table = Table(title=f"Sanity checks (gradient masking) at ε={cfg.get('eps', 0):g} on {cfg.get('n', 0)} points")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("what it found")
+    style = {"pass": "[green]pass[/]", "warn": "[bold yellow]warn[/]", "skip": "[dim]skip[/]"}
+    for c in result.checks:
+        table.add_row(c["name"], style.get(c["status"], c["status"]), escape(c["message"]))
     return table
 
 

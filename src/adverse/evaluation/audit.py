@@ -60,6 +60,9 @@ class AuditResult:
     budget : forwards, backwards and attack seconds summed over all attacks.
     seconds : wall-clock seconds for loading the model and for the whole audit.
     created : when the audit finished (UTC, ISO 8601).
+    checks : the sanity checks of :mod:`adverse.evaluation.checks` (``name``, ``status`` "pass"/"warn"/"skip",
+        ``message``, ``evidence``), run at ``config["checks"]["eps"]`` on ``config["checks"]["n"]`` points; a
+        "warn" means the robust accuracies above may over-estimate the truth.
     fooled : per-sample outcomes, ``fooled[(attack, eps)]`` and ``fooled[("worst-case", eps)]`` bool arrays
         (True: not robust); kept in memory only (not in ``results.json``).
     """
@@ -75,6 +78,7 @@ class AuditResult:
     budget: dict[str, Any]
     seconds: dict[str, float]
     created: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
     fooled: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def robust_accuracy(self, attack: str, eps: float) -> float:
@@ -102,6 +106,7 @@ class AuditResult:
             "worst_case": self.worst_case,
             "budget": self.budget,
             "seconds": self.seconds,
+            "checks": self.checks,
         }
 
     def to_json(self) -> str:
@@ -146,7 +151,7 @@ class AuditResult:
                 clean_accuracy=d["clean_accuracy"], n=d["n"], attacks=list(d["attacks"]),
                 worst_case=list(d["worst_case"]), config=dict(d["config"]), model=dict(d["model"]),
                 data=dict(d["data"]), environment=dict(d["environment"]), budget=dict(d["budget"]),
-                seconds=dict(d["seconds"]), created=d["created"],
+                seconds=dict(d["seconds"]), created=d["created"], checks=list(d.get("checks", [])),
             )
         except KeyError as e:
             raise InputError(f"audit results lack the field {e.args[0]!r}; the file is not an adverse audit") from e
@@ -256,6 +261,8 @@ def audit(
     attacks: Sequence[str] = ATTACKS,
     batch_size: int = 256,
     seed: int = 0,
+    checks: bool = True,
+    check_n: int = 100,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
     """Measure how robust ``model`` is on ``data``: clean accuracy, and robust accuracy under FGSM, PGD and
@@ -275,6 +282,9 @@ def audit(
     attacks : a subset of ``("fgsm", "pgd", "apgd-ce")``.
     batch_size : samples per attack call; every batch of every attack gets ``seed``.
     seed : the seed of every attack's randomness; the same call gives the same numbers.
+    checks : run the gradient-masking checks of :mod:`adverse.evaluation.checks` on the first ``check_n`` points,
+        at the budget whose worst-case robust accuracy is closest to half the clean accuracy (where the checks
+        discriminate best).
     progress : ``progress(description, completed, total)``, called as work completes (for progress bars).
 
     Returns
@@ -302,6 +312,7 @@ def audit(
     seed = _check_int("seed", seed, 0)
     if n is not None:
         n = _check_int("n", n, 1)
+    check_n = _check_int("check_n", check_n, 1)
 
     # (attack function, its settings, its cost per sample in gradient steps), resolved before any work
     recipes: dict[str, tuple[Callable[..., Any], dict[str, Any], int]] = {
@@ -402,6 +413,17 @@ def audit(
         "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
         "attacks": {a: dict(specs[a][1]) for a in names},
     }
+    check_rows: list[dict[str, Any]] = []
+    if checks:
+        from .checks import run_checks
+
+        clean_share = clean_count / total_n
+        check_eps = min(eps_list, key=lambda e: abs(worst[eps_list.index(e)]["robust_accuracy"] - clean_share / 2))
+        k = min(check_n, total_n)
+        report(f"sanity checks at eps {check_eps:g} on {k} points", done, total_work)
+        found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=tuple(dataset.bounds), seed=seed)
+        check_rows = [_json_safe(c.to_dict()) for c in found]
+        config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000}
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
         "seconds": sum(r["seconds"] for r in rows),
@@ -415,5 +437,16 @@ def audit(
         clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=worst, config=config,
         model=model_info, data=data_info, environment=environment, budget=budget,
         seconds={"model": model_seconds, "total": time.perf_counter() - started},
-        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), fooled=fooled,
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows, fooled=fooled,
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """Numbers JSON can hold: NaN and infinities become None (``results.json`` is strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -11,6 +11,8 @@ person and the evidence (numbers) behind it. :func:`run_checks` runs the list th
 ``steps``                 5× more PGD steps change robust accuracy little (the attack has converged)
 ``single_vs_iterative``   the iterative attack finds every error the single-step attack finds
 ``black_box``             a score-based attack (Square) does not beat the white-box attack
+``transfer``              a transfer attack from a surrogate does not beat the white-box attack (run when a
+                          surrogate is given)
 ========================  =================================================================================
 
 References
@@ -36,7 +38,8 @@ from ..errors import InputError, ModelError
 from ..models import attack_mode, looks_like_probabilities
 from ..threat import check_norm
 
-CHECKS = ("output", "determinism", "gradients", "eps_sweep", "steps", "single_vs_iterative", "black_box")
+CHECKS = ("output", "determinism", "gradients", "eps_sweep", "steps", "single_vs_iterative", "black_box",
+          "transfer")
 
 
 @dataclass
@@ -175,32 +178,64 @@ def check_single_vs_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                     bounds: tuple[float, float], steps: int = 20, max_queries: int = 1000, seed: int = 0,
-                    max_gain: float = 0.01) -> Check:
-    """Square (score-based) must not fool more than ``max_gain`` of points that PGD leaves robust."""
-    from ..evasion import pgd
+                    max_gain: float = 0.05) -> Check:
+    """Square (score-based) must not fool more than ``max_gain`` of the points that the white-box attacks leave
+    robust. The white-box side is PGD on the cross-entropy, then APGD on the DLR loss for the points PGD leaves
+    (a saturated cross-entropy is not masking: AutoAttack flags Square only against its white-box attacks).
+    These 2 × ``steps`` white-box steps are weaker than AutoAttack's ensemble, so the margin is wider than its
+    0.2 %: on the undefended digits CNN at L∞ 0.1, Square legitimately adds 2 % on 100 points, while masked
+    models give gains of tens of percent (tests/test_checks.py)."""
+    from ..evasion import apgd, pgd
     from ..evasion.square import square
 
     if norm == "l1":
         return Check("black_box", "skip", "no score-based L1 attack is compared", {})
     p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
     robust = ~p.success
+    if bool(robust.any()):
+        classes = _logits(model, x[:1]).shape[1]
+        d = apgd(model, x[robust], y[robust], eps=eps, norm=norm, steps=steps, loss="dlr" if classes >= 3 else "margin",
+                 bounds=bounds, seed=seed)
+        robust[robust.clone()] = ~d.success
     if not bool(robust.any()):
         return Check("black_box", "pass", "the white-box attack leaves no point robust", {"pgd_robust_accuracy": 0.0})
     s = square(model, x[robust], y[robust], eps=eps, norm=norm, max_queries=max_queries, bounds=bounds, seed=seed)
     gain = float(s.success.float().sum()) / x.shape[0]
-    evidence = {"pgd_robust_accuracy": p.robust_accuracy, "square_extra_fooled_share": gain,
+    evidence = {"pgd_robust_accuracy": p.robust_accuracy,
+                "white_box_robust_accuracy": float(robust.float().mean()), "square_extra_fooled_share": gain,
                 "square_max_queries": max_queries}
     if gain > max_gain:
-        return Check("black_box", "warn", f"the black-box Square attack fools {gain:.1%} more points than white-box "
-                     "PGD: gradients are misleading (gradient masking)", evidence)
-    return Check("black_box", "pass", "black-box Square does not beat white-box PGD", evidence)
+        return Check("black_box", "warn", f"the black-box Square attack fools {gain:.1%} more points than the "
+                     "white-box attacks: gradients are misleading (gradient masking)", evidence)
+    return Check("black_box", "pass", "black-box Square does not beat the white-box attacks", evidence)
+
+
+def check_transfer(model: nn.Module, surrogate: nn.Module | Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
+                   *, eps: float, norm: str, bounds: tuple[float, float], steps: int = 20, seed: int = 0,
+                   max_gain: float = 0.01) -> Check:
+    """A transfer attack (MI-FGSM on ``surrogate``) must not fool more than ``max_gain`` of the points that
+    white-box PGD leaves robust: if a model is harder to attack with its own gradients than with another model's,
+    its gradients are masked (Athalye et al. 2018)."""
+    from ..evasion import pgd, transfer
+
+    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    t = transfer(surrogate, model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    gain = float((t.success & ~p.success).float().mean())
+    evidence = {"pgd_robust_accuracy": p.robust_accuracy, "transfer_robust_accuracy": t.robust_accuracy,
+                "transfer_extra_fooled_share": gain}
+    if gain > max_gain:
+        return Check("transfer", "warn", f"a transfer attack from a surrogate fools {gain:.1%} more points than "
+                     "white-box PGD: the model's own gradients are misleading (gradient masking)", evidence)
+    return Check("transfer", "pass", "transfer from the surrogate does not beat white-box PGD", evidence)
 
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                bounds: tuple[float, float] = (0.0, 1.0), checks: Sequence[str] = CHECKS, steps: int = 20,
-               max_queries: int = 1000, seed: int = 0) -> list[Check]:
+               max_queries: int = 1000, seed: int = 0,
+               surrogate: nn.Module | Sequence[nn.Module] | None = None) -> list[Check]:
     """Run ``checks`` (default: all of :data:`CHECKS`) on the points ``x, y`` at budget ``eps``.
 
+    ``surrogate`` (a model or a list of models trained for the same task) enables the transfer check.
     Returns a list of :class:`Check`; a "warn" means the robustness number may not be trustworthy.
     """
     from ..evasion._core import check_inputs
@@ -219,6 +254,8 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         "steps": lambda: check_steps(model, x, y, **kw),
         "single_vs_iterative": lambda: check_single_vs_iterative(model, x, y, **kw),
         "black_box": lambda: check_black_box(model, x, y, max_queries=max_queries, **kw),
+        "transfer": lambda: (check_transfer(model, surrogate, x, y, **kw) if surrogate is not None else
+                             Check("transfer", "skip", "no surrogate given (run_checks(..., surrogate=...))", {})),
     }
     out: list[Check] = []
     for name in checks:

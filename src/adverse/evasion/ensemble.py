@@ -121,6 +121,7 @@ def autoattack(
     state_path: str | Path | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
+    checks: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> AttackResult:
     """AutoAttack: APGD-CE, APGD-T, FAB-T and Square, worst case per sample.
@@ -138,8 +139,11 @@ def autoattack(
     Returns
     -------
     AttackResult with ``params["per_attack"]``: robust accuracy after each attack, its budget and time, and
-    ``params["flags"]``: warnings in the spirit of AutoAttack's checks (e.g. Square succeeding where the
-    white-box attacks failed, which suggests gradient masking).
+    ``params["flags"]``: warnings in the spirit of AutoAttack's checks: with ``checks=True``, before attacking,
+    a randomized model (repeated passes differ: use ``version="rand"``) and zero or non-finite input gradients
+    for more than 5 % of the points (:mod:`adverse.evaluation.checks`; their few passes are not counted in the
+    budget, their outcomes are in ``params["checks"]``); after attacking, Square succeeding where the white-box
+    attacks failed, which suggests gradient masking.
 
     References
     ----------
@@ -177,6 +181,15 @@ def autoattack(
             if state.get("key") == key:
                 robust, x_adv = state["robust"].to(s.x.device), state["x_adv"].to(s.x.device, s.x.dtype)
                 per_attack = list(state["per_attack"])
+        flags: list[str] = []
+        found = []
+        if checks:
+            from ..evaluation.checks import check_determinism, check_gradients
+
+            found = [check_determinism(model, s.x), check_gradients(model, s.x, s.y)]
+            for c in found:
+                if c.status == "warn" and not (c.name == "determinism" and version == "rand"):
+                    flags.append(c.message + ("; or use version='rand'" if c.name == "determinism" else ""))
         done = {p["attack"] for p in per_attack}
         totals = {"forwards": s.model.forwards, "backwards": 0, "queries": 0}
         for i, (name, fn) in enumerate(plan):
@@ -205,7 +218,6 @@ def autoattack(
         for p in per_attack:
             for k in ("forwards", "backwards", "queries"):
                 totals[k] += p[k]
-        flags = []
         white = [p for p in per_attack if not p["attack"].startswith("square")]
         black = [p for p in per_attack if p["attack"].startswith("square")]
         if white and black and sum(p["fooled"] for p in black) > 0.002 * x.shape[0]:
@@ -219,6 +231,6 @@ def autoattack(
             norm=norm, eps=float(eps), forwards=totals["forwards"], backwards=totals["backwards"],
             queries=totals["queries"], seconds=time.perf_counter() - s.started,
             params={"version": version, "attacks": [n for n, _ in plan], "per_attack": per_attack, "flags": flags,
-                    "n_target_classes": n_target_classes, "square_queries": square_queries},
+                    "checks": [c.to_dict() for c in found], "n_target_classes": n_target_classes, "square_queries": square_queries},
             seed=seed,
         )
