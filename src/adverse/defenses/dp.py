@@ -19,6 +19,7 @@ Mironov, "Rényi Differential Privacy", CSF 2017 (the RDP accountant).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -115,6 +116,22 @@ def check_dp_compatible(model: nn.Module, *, fix: bool = False) -> nn.Module:
     raise ModelError(f"the model cannot be trained with DP-SGD by Opacus: {listed}.{hint}")
 
 
+@functools.lru_cache(maxsize=256)
+def noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, epochs: int, accountant: str) -> float:
+    """The noise multiplier σ with which ``epochs / sample_rate`` DP-SGD steps spend exactly ``target_epsilon``.
+
+    This is Opacus' ``get_noise_multiplier`` (a search over σ with the accountant), as
+    ``PrivacyEngine.make_private_with_epsilon`` calls it, cached: the search is the slow part of a short run
+    and depends only on these numbers, so reference models trained with one recipe share it.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order is the (largest|smallest) alpha.*")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, epochs=epochs, accountant=accountant))
+
+
 def _check(data: Dataset, target_epsilon: float, delta: float, epochs: int, max_grad_norm: float, lr: float,
            batch_size: int, accountant: str) -> None:
     n = len(data)
@@ -154,12 +171,13 @@ def train_dp(
     fix: bool = False,
     seed: int = 0,
 ) -> DPResult:
-    """DP-SGD to a target ``(ε, δ)`` with Opacus' ``PrivacyEngine.make_private_with_epsilon``.
+    """DP-SGD to a target ``(ε, δ)`` with Opacus (``PrivacyEngine.make_private_with_epsilon``'s recipe).
 
     Records are Poisson-sampled with rate ``q = batch_size / n``; each step clips per-sample gradients to
     ``max_grad_norm``, adds Gaussian noise with the multiplier σ that Opacus solves for so that ``epochs`` epochs
-    spend ``target_epsilon`` at ``delta``, and takes an SGD step. Sampling and noise come from generators seeded by
-    ``seed``; the global RNG is neither read nor advanced.
+    spend ``target_epsilon`` at ``delta`` (:func:`noise_multiplier`, then ``PrivacyEngine.make_private``: the two
+    steps of ``make_private_with_epsilon``, with the search cached), and takes an SGD step. Sampling and noise
+    come from generators seeded by ``seed``; the global RNG is neither read nor advanced.
 
     Parameters
     ----------
@@ -199,10 +217,10 @@ def train_dp(
         warnings.filterwarnings("ignore", message=".*[Oo]ptimal order is the (largest|smallest) alpha.*")
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook is firing.*")
         engine = PrivacyEngine(accountant=accountant)
-        hooks, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=float(target_epsilon),
-            target_delta=float(delta), epochs=epochs, max_grad_norm=float(max_grad_norm), noise_generator=noise,
-            wrap_model=False,
+        sigma = noise_multiplier(float(target_epsilon), float(delta), 1 / len(loader), epochs, accountant)
+        hooks, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=float(max_grad_norm), noise_generator=noise, poisson_sampling=True, wrap_model=False,
         )
         try:
             model.train()
