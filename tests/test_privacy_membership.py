@@ -8,8 +8,12 @@ baseline model trains on the last 1,000).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from adverse.data import Dataset
@@ -18,6 +22,7 @@ from adverse.privacy import (
     LiRA, ReferenceModels, ShadowAttack, evaluate, lira, loss_attack, rmia, shadow_attack, threshold_attack,
 )
 from adverse.privacy._signals import scaled_logit
+from adverse.privacy.rmia import pairwise_score
 from adverse.privacy.threshold import signal
 from adverse.zoo import MLP, train_classifier
 
@@ -219,13 +224,13 @@ def test_reference_models_are_seeded_and_leave_global_rng_alone():
 
 
 def test_independent_pairing_fallback_gives_finite_scores():
-    x, y = tiny_data(40)
-    refs = ReferenceModels(linear_fn, x, y, n=3, seed=0, pairing="independent")
+    x, y = tiny_data(60)
+    refs = ReferenceModels(linear_fn, x, y, n=4, seed=0, pairing="independent")
     no_in, no_out = refs.uncovered()
-    assert no_in.numel() + no_out.numel() > 0  # 3 independent halves leave some points uncovered
-    target = linear_fn(x[:20], y[:20], 0)
-    for online in (True, False):
-        r = lira(target, x, y, refs, pool_index=torch.arange(40), online=online)
+    assert no_in.numel() > 0 and no_out.numel() > 0  # 4 independent halves leave some points uncovered
+    target = linear_fn(x[:30], y[:30], 0)
+    for online, fixed in ((True, False), (True, True), (False, False)):
+        r = lira(target, x, y, refs, pool_index=torch.arange(60), online=online, fixed_variance=fixed)
         assert torch.isfinite(r.scores).all()
     assert "baseline=None" in r.baseline_note or "no disjoint" in r.baseline_note
 
@@ -261,3 +266,22 @@ def test_modified_entropy_matches_definition():
         m = -(1 - py) * torch.log(py) - sum(p[i, k] * torch.log(1 - p[i, k]) for k in range(4) if k != y[i])
         want.append(-m)
     assert torch.allclose(signal(z, y, "modified_entropy"), torch.stack(want))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-5, 5), min_size=1, max_size=40), st.lists(st.integers(-5, 5), min_size=1, max_size=30),
+       st.sampled_from([1.0, 2.0, 0.5]))
+def test_rmia_count_matches_pairwise_definition_and_breaks_ties(xs, zs, gamma):
+    """Integer-valued log ratios make exact ties with population points and among queries common."""
+    lx = torch.tensor(xs, dtype=torch.float64) * 0.25
+    lz = torch.tensor(zs, dtype=torch.float64) * 0.25
+    s = pairwise_score(lx, lz, gamma)
+    brute = ((lx[:, None] - lz[None, :]) >= math.log(gamma)).sum(1)
+    assert torch.equal(torch.floor(s * len(zs) + 1e-9).long(), brute)
+    # the tie-break orders points within a count by their own ratio and never reorders across counts
+    for i in range(len(xs)):
+        for j in range(len(xs)):
+            if lx[i] > lx[j]:
+                assert s[i] > s[j]
+            if lx[i] == lx[j]:
+                assert s[i] == s[j]

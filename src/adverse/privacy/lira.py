@@ -97,7 +97,8 @@ class LiRA:
         """Keep the reference models (trained now if they are not yet)."""
         if not isinstance(refs, ReferenceModels):
             raise InputError(f"LiRA.fit needs ReferenceModels, got {type(refs).__name__}")
-        refs.require(1 if self.online else 0, 1, "online LiRA" if self.online else "offline LiRA")
+        # a Gaussian's spread needs two signals: online 2 IN + 2 OUT, offline 2 OUT models
+        refs.require(2 if self.online else 0, 2, "online LiRA" if self.online else "offline LiRA")
         self.refs_ = refs.fit()
         return self
 
@@ -144,7 +145,7 @@ def lira(
     ----------
     model : the target, a ``torch.nn.Module`` returning logits (left as found).
     x, y : query points and their true labels.
-    refs : :class:`ReferenceModels` (online LiRA needs ≥ 2, offline ≥ 1).
+    refs : :class:`ReferenceModels` (online LiRA needs ≥ 4, offline ≥ 2).
     pool_index : positions of ``x`` in ``refs``' pool (needed online); None = not pool points.
     online, fixed_variance : see :class:`LiRA`.
     baseline : a model trained on data disjoint from ``x``; the same attack against it is the sanity baseline.
