@@ -67,7 +67,7 @@ def test_stopping_rule_and_threshold(digits_setup):
 
 
 def test_model_state_left_as_found(digits_setup):
-    model, evaluator = digits_setup
+    _, evaluator = digits_setup
     net = MLP(64, 10, (16,))
     net.train()
     flags = [p.requires_grad for p in net.parameters()]
@@ -165,7 +165,7 @@ def test_breast_cancer_attack_reported_beside_imputation():
 
 def test_attribute_inference_bad_input():
     x, y = bits(20, 0)
-    kw = dict(values=torch.tensor([0.0, 1.0]), x_aux=x, y_aux=y)
+    kw = {"values": torch.tensor([0.0, 1.0]), "x_aux": x, "y_aux": y}
     with pytest.raises(AdverseError, match="attribute"):
         attribute_inference(Reveals(), x, y, attribute=7, **kw)
     with pytest.raises(AdverseError, match="method"):

@@ -19,7 +19,15 @@ from torch import nn
 from adverse.data import Dataset
 from adverse.errors import AdverseError, ModelError
 from adverse.privacy import (
-    LiRA, ReferenceModels, ShadowAttack, evaluate, lira, loss_attack, rmia, shadow_attack, threshold_attack,
+    LiRA,
+    ReferenceModels,
+    ShadowAttack,
+    evaluate,
+    lira,
+    loss_attack,
+    rmia,
+    shadow_attack,
+    threshold_attack,
 )
 from adverse.privacy._signals import scaled_logit
 from adverse.privacy.rmia import pairwise_score

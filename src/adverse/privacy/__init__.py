@@ -14,19 +14,34 @@ figure)::
 
 from __future__ import annotations
 
+from ._result import MembershipScores
 from .attribute import AttributeResult, attribute_inference
 from .inversion import InversionResult, miface
 from .label_only import label_only
 from .lira import LiRA, lira
 from .metrics import MembershipEvaluation, evaluate
-from ._result import MembershipScores
 from .reference import ReferenceModels
 from .rmia import RMIA, rmia
 from .shadow import ShadowAttack, shadow_attack
 from .threshold import ThresholdAttack, loss_attack, threshold_attack
 
 __all__ = [
-    "AttributeResult", "InversionResult", "LiRA", "MembershipEvaluation", "MembershipScores", "RMIA",
-    "ReferenceModels", "ShadowAttack", "ThresholdAttack", "attribute_inference", "evaluate", "label_only", "lira",
-    "loss_attack", "miface", "rmia", "shadow_attack", "threshold_attack",
+    "RMIA",
+    "AttributeResult",
+    "InversionResult",
+    "LiRA",
+    "MembershipEvaluation",
+    "MembershipScores",
+    "ReferenceModels",
+    "ShadowAttack",
+    "ThresholdAttack",
+    "attribute_inference",
+    "evaluate",
+    "label_only",
+    "lira",
+    "loss_attack",
+    "miface",
+    "rmia",
+    "shadow_attack",
+    "threshold_attack",
 ]

@@ -149,7 +149,7 @@ def attribute_inference(
 
     imputer = make(seed + 1).fit(base_feats(x_aux, y_aux.clamp_max(num_classes - 1)), aux_codes.numpy())
     base = torch.as_tensor(imputer.predict(base_feats(x, y)), dtype=torch.long)
-    acc = lambda p, sel=slice(None): float((p[sel] == truth[sel]).double().mean())  # noqa: E731
+    acc = lambda p, sel=slice(None): float((p[sel] == truth[sel]).double().mean())
     split: dict[str, float] = {}
     if is_member is not None:
         mem = torch.as_tensor(is_member)

@@ -186,7 +186,7 @@ def miface(
     else:
         raise InputError(f"init must be one of {INITS} or a tensor, got {init!r}")
     t0 = time.perf_counter()
-    kw = dict(alpha=steps, lam=lr, beta=patience, gamma=threshold, tv=tv, l2=l2, bounds=bounds)
+    kw = {"alpha": steps, "lam": lr, "beta": patience, "gamma": threshold, "tv": tv, "l2": l2, "bounds": bounds}
 
     def invert(net: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with attack_mode(net):
@@ -194,7 +194,7 @@ def miface(
                 out = net(x0[:1])
             if out.dim() != 2 or int(t.max()) >= out.shape[1] or int(t.min()) < 0:
                 raise InputError(f"classes must lie in [0, {out.shape[1]}) for this model")
-            x, c, it = mi_face_descent(net, t.long(), x0, **kw)
+            x, c, it = mi_face_descent(net, t.long(), x0, **kw)  # type: ignore[arg-type]
             with torch.no_grad():
                 conf = torch.softmax(net(x), -1).gather(1, t.long()[:, None]).squeeze(1)
         return x, c, it, conf

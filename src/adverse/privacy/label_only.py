@@ -128,13 +128,13 @@ def label_only(
     if method == "boundary":
         if max_queries is None:
             raise InputError("the boundary-distance attack needs an explicit query budget: pass max_queries")
-        fn = lambda m: boundary_score(m, x, y, max_queries=max_queries, steps=steps, bounds=bounds, seed=seed)  # noqa: E731
+        fn = lambda m: boundary_score(m, x, y, max_queries=max_queries, steps=steps, bounds=bounds, seed=seed)
         per_sample = max_queries
         params = {"method": method, "max_queries": max_queries, "steps": steps, "seed": seed}
     else:
         if n_noise < 1 or noise_std <= 0 or max_shift < 0:
             raise InputError("need n_noise ≥ 1, noise_std > 0 and max_shift ≥ 0")
-        fn = lambda m: augmentation_score(m, x, y, augment=augment, max_shift=max_shift, flips=flips,  # noqa: E731
+        fn = lambda m: augmentation_score(m, x, y, augment=augment, max_shift=max_shift, flips=flips,
                                           n_noise=n_noise, noise_std=noise_std, bounds=bounds, seed=seed)
         translate = augment == "translate" or (augment == "auto" and x.dim() == 4)
         per_sample = (2 * max_shift + 1) ** 2 * (2 if flips else 1) if translate else n_noise + 1
