@@ -45,6 +45,13 @@ class QuerySetup:
 
     def __post_init__(self) -> None:
         self.queries = torch.ones(self.x.shape[0], dtype=torch.long, device=self.x.device)  # the clean query
+        # decided once, from the clean answer: a black box answers in probabilities or in logits throughout
+        self.probabilities = self.clean_scores is not None and looks_like_probabilities(self.clean_scores)
+
+    def logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores as logits: log-probabilities when the black box answers with probabilities (see
+        :func:`as_logits`), the scores themselves otherwise."""
+        return scores.clamp_min(torch.finfo(scores.dtype).tiny).log() if self.probabilities else scores
 
     @property
     def output(self) -> str:

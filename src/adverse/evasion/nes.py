@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from ..threat import batch_view, project
 from ._core import ascent_direction, get_loss
-from ._query import as_logits, query_setup
+from ._query import query_setup
 
 Tensor = torch.Tensor
 
@@ -136,7 +136,7 @@ def nes(
             x_k = (x0 + delta).unsqueeze(1)
             probe = torch.cat([(x_k + sigma * u).clamp(lo, hi), (x_k - sigma * u).clamp(lo, hi)], dim=1)
             rows = idx.repeat_interleave(2 * pairs)
-            z = as_logits(s.scores(probe.flatten(0, 1), rows))
+            z = s.logits(s.scores(probe.flatten(0, 1), rows))
             if z.device.type != "mps":  # float64 losses: a confident model's cross-entropy lies below
                 z = z.double()  # float32's resolution near 0, where the estimate's differences would vanish
             values = loss_fn(z, y_a.repeat_interleave(2 * pairs),

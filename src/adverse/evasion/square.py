@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..models import looks_like_probabilities
 from ..results import AttackResult
 from ..threat import batch_view, clip_to_box, linf_box, lp_norm
 from ._core import Tracker, ce_loss, margin_loss
-from ._query import QuerySetup, as_logits, query_setup
+from ._query import QuerySetup, query_setup
 
 Tensor = torch.Tensor
 
@@ -155,10 +154,9 @@ def square(
             _run(s, tr, idx, share, float(p_init), loss)
         done = s.queries.double()
         fooled = tr.success & (s.clean_pred == s.y if s.target is None else s.clean_pred != s.target)
-        probs = s.clean_scores is not None and looks_like_probabilities(s.clean_scores)
         params: dict[str, Any] = {
             "loss": loss, "p_init": float(p_init), "restarts": restarts, "eps": float(s.eps.max()),
-            "norm": s.norm, "probabilities": probs,
+            "norm": s.norm, "probabilities": s.probabilities,
             "queries_mean": float(done.mean()), "queries_median": float(done.median()),
         }
         if bool(fooled.any()):
@@ -211,7 +209,7 @@ def _run(s: QuerySetup, tr: Tracker, idx: Tensor, share: int, p_init: float, los
     lower, upper = linf_box(x, eps, s.bounds) if s.norm == "linf" else (None, None)
 
     def objective(z: Tensor, rows: Tensor) -> Tensor:
-        z = as_logits(z)  # probabilities become log-probabilities, logits of the same softmax
+        z = s.logits(z)  # probabilities become log-probabilities, logits of the same softmax
         yy, tt = y[rows], None if t is None else t[rows]
         return margin_loss(z, yy, tt) if loss == "margin" else ce_loss(z, yy, tt)
 

@@ -104,7 +104,8 @@ def _surrogate(surrogate: nn.Module | Sequence[nn.Module]) -> nn.Module:
     )
 
 
-def _craft(s: Setup, *, steps: int, alpha: float, decay: float, loss: str, transform: Callable[[Tensor], Tensor],
+def _craft(s: Setup, *, steps: int, alpha: float, decay: float, loss: str,
+           transform: Callable[[Tensor], Tensor] | None,
            smooth: Callable[[Tensor], Tensor], vmi_samples: int, vmi_beta: float) -> Tensor:
     """MI-FGSM with variance tuning on the surrogate (Dong et al. 2018; Wang & He 2021), all ``steps`` run."""
     loss_fn = get_loss(loss, s.num_classes, s.target is not None)
@@ -211,13 +212,18 @@ def transfer(
     with setup(sur, x, y, eps=eps, norm=norm, bounds=bounds, target=target, seed=seed) as s:
         eps_max = float(s.eps.max())
         step = alpha if alpha is not None else eps_max / steps
-        transform = (lambda z: input_diversity(z, p, resize_rate, s.generator)) if p > 0 else None
-        if kernel_size > 0:
-            kernel = gaussian_kernel(kernel_size, s.x.shape[1], s.x)
-            smooth = lambda grad: F.conv2d(grad, kernel, padding=kernel_size // 2, groups=grad.shape[1])  # noqa: E731
-        else:
-            smooth = lambda grad: grad  # noqa: E731
-        x_adv = _craft(s, steps=steps, alpha=step, decay=decay, loss=loss, transform=transform, smooth=smooth,
+        kernel = gaussian_kernel(kernel_size, s.x.shape[1], s.x) if kernel_size > 0 else None
+
+        def transform(z: Tensor) -> Tensor:  # DI
+            return input_diversity(z, p, resize_rate, s.generator)
+
+        def smooth(grad: Tensor) -> Tensor:  # TI: W ∗ ∇
+            if kernel is None:
+                return grad
+            return F.conv2d(grad, kernel, padding=kernel_size // 2, groups=grad.shape[1])
+
+        x_adv = _craft(s, steps=steps, alpha=step, decay=decay, loss=loss, transform=transform if p > 0 else None,
+                       smooth=smooth,
                        vmi_samples=vmi_samples, vmi_beta=vmi_beta)
         on_surrogate = is_adversarial(s.model.logits(x_adv), s.y, s.target)
         forwards, backwards = s.model.forwards, s.model.backwards
