@@ -139,16 +139,16 @@ def attribute_inference(
         pred = fredrikson_inference(model, x, y, attribute, values, prior)
     else:
         def feats(xx: Tensor) -> Any:
-            return torch.cat([xx[:, others].double(), torch.softmax(model_logits(model, xx), -1)], 1).numpy()
+            return torch.cat([xx[:, others].double(), torch.softmax(model_logits(model, xx), -1)], 1).cpu().numpy()
 
-        attack = make(seed).fit(feats(x_aux), aux_codes.numpy())
-        pred = torch.as_tensor(attack.predict(feats(x)), dtype=torch.long)
+        attack = make(seed).fit(feats(x_aux), aux_codes.cpu().numpy())
+        pred = torch.as_tensor(attack.predict(feats(x)), dtype=torch.long, device=x.device)
 
     def base_feats(xx: Tensor, yy: Tensor) -> Any:
-        return torch.cat([xx[:, others].double(), nn.functional.one_hot(yy, num_classes).double()], 1).numpy()
+        return torch.cat([xx[:, others].double(), nn.functional.one_hot(yy, num_classes).double()], 1).cpu().numpy()
 
-    imputer = make(seed + 1).fit(base_feats(x_aux, y_aux.clamp_max(num_classes - 1)), aux_codes.numpy())
-    base = torch.as_tensor(imputer.predict(base_feats(x, y)), dtype=torch.long)
+    imputer = make(seed + 1).fit(base_feats(x_aux, y_aux.clamp_max(num_classes - 1)), aux_codes.cpu().numpy())
+    base = torch.as_tensor(imputer.predict(base_feats(x, y)), dtype=torch.long, device=x.device)
     acc = lambda p, sel=slice(None): float((p[sel] == truth[sel]).double().mean())
     split: dict[str, float] = {}
     if is_member is not None:

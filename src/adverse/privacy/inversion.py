@@ -103,10 +103,10 @@ def mi_face_descent(model: nn.Module, t: Tensor, x0: Tensor, *, alpha: int, lam:
     with torch.no_grad():
         c = cost(x)
     best_x, best_c = x.clone(), c.clone()
-    history = torch.full((beta, x.shape[0]), float("inf"), dtype=c.dtype)
+    history = torch.full((beta, x.shape[0]), float("inf"), dtype=c.dtype, device=c.device)
     history[-1] = c
-    active = torch.ones(x.shape[0], dtype=torch.bool)
-    iters = torch.zeros(x.shape[0], dtype=torch.long)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=c.device)
+    iters = torch.zeros(x.shape[0], dtype=torch.long, device=c.device)
     view = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(alpha):
         if not bool(active.any()):
@@ -185,6 +185,8 @@ def miface(
         x0 = bounds[0] + (bounds[1] - bounds[0]) * torch.rand((m, *shape), generator=g)
     else:
         raise InputError(f"init must be one of {INITS} or a tensor, got {init!r}")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x0, t = x0.to(device), t.to(device)
     t0 = time.perf_counter()
     kw = {"alpha": steps, "lam": lr, "beta": patience, "gamma": threshold, "tv": tv, "l2": l2, "bounds": bounds}
 

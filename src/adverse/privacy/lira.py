@@ -40,13 +40,13 @@ def fit_gaussians(phi: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     Returns ``(μ (points,), per-point variance (points,; unbiased, 0 where < 2 signals), counts (points,),
     pooled residual variance (scalar))``.
     """
-    m = mask.to(phi.dtype)
+    m = mask.to(device=phi.device, dtype=phi.dtype)
     cnt = m.sum(0)
     mu = (phi * m).sum(0) / cnt.clamp_min(1)
     r2 = (phi - mu) ** 2 * m
     var = torch.where(cnt >= 2, r2.sum(0) / (cnt - 1).clamp_min(1), torch.zeros_like(mu))
     dof = cnt.sum() - (cnt > 0).sum()
-    pooled = r2.sum() / dof if dof > 0 else torch.tensor(float("nan"), dtype=phi.dtype)
+    pooled = r2.sum() / dof if dof > 0 else torch.full((), float("nan"), dtype=phi.dtype, device=phi.device)
     return mu, var, cnt, pooled
 
 

@@ -130,7 +130,7 @@ class ReferenceModels:
         self.executor = executor
         self.batch_size = batch_size
         seeds = spawn_seeds(seed, n + 1)
-        self.masks = halves(n, x_pool.shape[0], pairing, seeds[-1])
+        self.masks = halves(n, x_pool.shape[0], pairing, seeds[-1]).to(x_pool.device)
         self.seeds = seeds[:n]
         self.pair_ids = [k // 2 if pairing == "complementary" and (k // 2) * 2 + 1 < n else n + k for k in range(n)]
         self._models: list[nn.Module] | None = None
@@ -183,7 +183,7 @@ class ReferenceModels:
     def in_masks(self, pool_index: Tensor | None, n_points: int) -> Tensor:
         """IN masks (n, n_points) of query points at ``pool_index`` in the pool; None: none is in the pool."""
         if pool_index is None:
-            return torch.zeros(self.n, n_points, dtype=torch.bool)
+            return torch.zeros(self.n, n_points, dtype=torch.bool, device=self.masks.device)
         idx = torch.as_tensor(pool_index)
         if idx.dim() != 1 or idx.shape[0] != n_points or idx.dtype in (torch.bool, torch.float32, torch.float64):
             raise InputError(
@@ -192,7 +192,7 @@ class ReferenceModels:
             )
         if n_points and (int(idx.min()) < 0 or int(idx.max()) >= self.x_pool.shape[0]):
             raise InputError(f"pool_index must lie in [0, {self.x_pool.shape[0]})")
-        return self.masks[:, idx.long()]
+        return self.masks[:, idx.long().to(self.masks.device)]
 
     def uncovered(self) -> tuple[Tensor, Tensor]:
         """Pool positions with no IN model, and those with no OUT model."""

@@ -42,11 +42,11 @@ def log_pr_reference(logp_ref: Tensor, is_in: Tensor, online: bool, a: float) ->
     Online: ``log ½(mean_IN + mean_OUT)`` (a point without IN or OUT models uses the side it has).
     Offline: ``log ½((1 + a) mean_OUT + (1 − a))`` from the OUT models alone.
     """
-    neg_inf = torch.tensor(float("-inf"), dtype=logp_ref.dtype)
+    is_in = is_in.to(logp_ref.device)
 
     def log_mean(mask: Tensor) -> tuple[Tensor, Tensor]:
         cnt = mask.sum(0)
-        lse = torch.logsumexp(torch.where(mask, logp_ref, neg_inf), dim=0)
+        lse = torch.logsumexp(logp_ref.masked_fill(~mask, float("-inf")), dim=0)
         return lse - torch.log(cnt.clamp_min(1).to(logp_ref.dtype)), cnt
 
     log_out, cnt_out = log_mean(~is_in)
@@ -56,9 +56,8 @@ def log_pr_reference(logp_ref: Tensor, is_in: Tensor, online: bool, a: float) ->
         return torch.where(cnt_in == 0, log_out, torch.where(cnt_out == 0, log_in, both))
     if bool((cnt_out == 0).any()):
         raise InputError("offline RMIA needs at least one OUT reference model for every point; train more models")
-    hi = math.log((1 + a) / 2)
-    return torch.logaddexp(hi + log_out, torch.tensor(math.log((1 - a) / 2) if a < 1 else float("-inf"),
-                                                     dtype=log_out.dtype))
+    floor = torch.full_like(log_out, math.log((1 - a) / 2) if a < 1 else float("-inf"))
+    return torch.logaddexp(math.log((1 + a) / 2) + log_out, floor)
 
 
 def pairwise_score(log_ratio_x: Tensor, log_ratio_z: Tensor, gamma: float) -> Tensor:
@@ -152,7 +151,7 @@ class RMIA:
             for a in a_grid:  # reference model 0 plays the target, models 1.. the references
                 s = rmia_scores(lp_pool[0], lp_pool[1:], refs.masks[1:], lp_pop[0], lp_pop[1:], self.in_z[1:],
                                 online=self.online, a=a, gamma=self.gamma)
-                auc = float(roc_auc_score(refs.masks[0].numpy(), s.numpy()))
+                auc = float(roc_auc_score(refs.masks[0].cpu().numpy(), s.cpu().numpy()))
                 self.tuning_[(a, t)] = auc
                 if auc > best[0]:
                     best = (auc, a, t)

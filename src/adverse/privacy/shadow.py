@@ -90,13 +90,13 @@ class ShadowAttack:
             if not (bool(inn[sel].any()) and bool((~inn[sel]).any())):
                 continue  # no IN or no OUT example of this class: the class's queries get the global model
             est = self.attack_model(self.seed + max(c, 0))
-            est.fit(self._x(zz[sel], yy[sel]), inn[sel].numpy())
+            est.fit(self._x(zz[sel], yy[sel]), inn[sel].cpu().numpy())
             self.models_[c] = est
         if not self.models_:
             raise InputError("no class has both IN and OUT shadow outputs; train more reference models")
         if self.per_class and any(c not in self.models_ for c in groups):
             est = self.attack_model(self.seed)
-            est.fit(self._x(zz, yy), inn.numpy())
+            est.fit(self._x(zz, yy), inn.cpu().numpy())
             self.models_[-1] = est
         return self
 
@@ -110,15 +110,15 @@ class ShadowAttack:
         if z.shape[-1] != self.num_classes_:
             raise InputError(f"the model has {z.shape[-1]} classes but the shadow models had {self.num_classes_}")
         out = torch.empty(x.shape[0], dtype=torch.float64)
-        keys = y.tolist() if self.per_class else [-1] * x.shape[0]
+        keys = y.cpu().tolist() if self.per_class else [-1] * x.shape[0]
         keys = [k if k in self.models_ else -1 for k in keys]
-        kt = torch.tensor(keys, dtype=torch.long)
+        kt = torch.tensor(keys, dtype=torch.long, device=out.device)
         for c in set(keys):
             sel = kt == c
-            prob = self.models_[c].predict_proba(self._x(z[sel], y[sel]))
+            prob = self.models_[c].predict_proba(self._x(z[sel.to(z.device)], y[sel.to(y.device)]))
             col = list(self.models_[c].classes_).index(True)
             out[sel] = torch.as_tensor(prob[:, col], dtype=torch.float64)
-        return out
+        return out.to(x.device)
 
 
 def shadow_attack(

@@ -66,7 +66,7 @@ def class_thresholds(s: Tensor, y: Tensor, is_in: Tensor, num_classes: int) -> T
     from sklearn.metrics import roc_curve
 
     def best(sv: Tensor, mv: Tensor) -> float:
-        fpr, tpr, thr = roc_curve(mv.numpy(), sv.numpy(), drop_intermediate=False)
+        fpr, tpr, thr = roc_curve(mv.cpu().numpy(), sv.cpu().numpy(), drop_intermediate=False)
         i = int((tpr - fpr).argmax())
         return float(min(thr[i], sv.max()))  # roc_curve's first threshold is +inf
 
