@@ -293,3 +293,15 @@ def test_rmia_count_matches_pairwise_definition_and_breaks_ties(xs, zs, gamma):
                 assert s[i] > s[j]
             if lx[i] == lx[j]:
                 assert s[i] == s[j]
+
+
+def test_baseline_comes_from_the_reference_models_by_default(task):
+    _, _, others = task["refs"].leave_out(0)  # a view made after train_disjoint carries the baseline model
+    assert others.baseline is task["baseline"]
+    x, y, idx = task["x"][:200], task["y"][:200], task["index"][:200]
+    auto = lira(task["target"], x, y, others, pool_index=idx, fixed_variance=True)
+    explicit = lira(task["target"], x, y, task["others"], pool_index=idx, fixed_variance=True, baseline=task["baseline"])
+    assert auto.baseline_scores is not None and torch.equal(auto.baseline_scores, explicit.baseline_scores)
+    assert loss_attack(task["target"], x, y).baseline_scores is None  # no refs, no baseline: the note says how
+    assert "train_disjoint" in loss_attack(task["target"], x, y).baseline_note
+    assert loss_attack(task["target"], x, y, refs=others).baseline_scores is not None

@@ -48,8 +48,11 @@ class MembershipScores:
 
 
 def with_baseline(score_fn: Callable[[Any], Tensor], target: Any, baseline: nn.Module | None, attack: str,
-                  params: dict[str, Any]) -> MembershipScores:
-    """Run ``score_fn`` on the target and, when given, on the disjoint-data baseline model."""
+                  params: dict[str, Any], refs: Any = None) -> MembershipScores:
+    """Run ``score_fn`` on the target and on the disjoint-data baseline model: ``baseline`` when given, else
+    the one ``refs.train_disjoint`` made (if any)."""
+    if baseline is None and refs is not None:
+        baseline = getattr(refs, "baseline", None)
     t0 = time.perf_counter()
     scores = score_fn(target)
     seconds = time.perf_counter() - t0

@@ -148,7 +148,8 @@ def lira(
     refs : :class:`ReferenceModels` (online LiRA needs ≥ 4, offline ≥ 2).
     pool_index : positions of ``x`` in ``refs``' pool (needed online); None = not pool points.
     online, fixed_variance : see :class:`LiRA`.
-    baseline : a model trained on data disjoint from ``x``; the same attack against it is the sanity baseline.
+    baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline
+        (default: ``refs.baseline``, set by ``refs.train_disjoint``).
 
     Returns
     -------
@@ -161,4 +162,4 @@ def lira(
     """
     att = LiRA(online, fixed_variance).fit(refs)
     return with_baseline(lambda m: att.score(m, x, y, pool_index), model, baseline, "lira",
-                         {"online": online, "fixed_variance": fixed_variance, "n_reference": len(refs)})
+                         {"online": online, "fixed_variance": fixed_variance, "n_reference": len(refs)}, refs)

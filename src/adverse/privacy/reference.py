@@ -95,6 +95,7 @@ class ReferenceModels:
     models : the trained models (trained on first use, then cached).
     seeds : each model's training seed.
     train_seconds : time spent training.
+    baseline : the model :meth:`train_disjoint` trained on data disjoint from the pool (None before).
 
     References
     ----------
@@ -136,6 +137,7 @@ class ReferenceModels:
         self._models: list[nn.Module] | None = None
         self._logits: dict[str, Tensor] = {}
         self.train_seconds = 0.0
+        self.baseline: nn.Module | None = None
 
     @classmethod
     def _view(cls, parent: ReferenceModels, keep: list[int]) -> ReferenceModels:
@@ -225,6 +227,8 @@ class ReferenceModels:
     def train_disjoint(self, x: Tensor, y: Tensor, seed: int | None = None) -> nn.Module:
         """A model trained by ``train_fn`` on data disjoint from the pool: the sanity baseline's target.
 
+        The model is kept as ``self.baseline``: attacks given these reference models (or views made afterwards
+        by :meth:`leave_out`) then run the disjoint-data sanity baseline without being asked.
         Raises :class:`InputError` when a row of ``x`` also appears in the pool.
         """
         x, y = check_xy(x, y, "x")
@@ -233,4 +237,5 @@ class ReferenceModels:
             raise InputError("train_disjoint needs data disjoint from the pool, but some rows of x are pool points")
         s = spawn_seeds(self.seed + 1, 1)[0] if seed is None else seed
         (model,) = map_tasks(_train_one, [Task(0, s, (self.train_fn, x, y))], self.executor)
-        return _check_model(model, "train_fn")
+        self.baseline = _check_model(model, "train_fn")
+        return self.baseline

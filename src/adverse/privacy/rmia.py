@@ -191,7 +191,8 @@ def rmia(
     population : ``(x_z, y_z)``, population points that are not members of the target.
     population_index, pool_index : positions of the population points / queries in the reference pool, or None.
     online, offline_a, temperature, gamma : see :class:`RMIA` (None = chosen on the reference models).
-    baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline.
+    baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline
+        (default: ``refs.baseline``, set by ``refs.train_disjoint``).
 
     Returns
     -------
@@ -206,4 +207,4 @@ def rmia(
     params: dict[str, Any] = {"online": online, "offline_a": att.a_, "temperature": att.temperature_, "gamma": gamma,
                               "n_reference": len(refs), "n_population": int(att.x_z.shape[0]),
                               "tuning_auc": {f"a={a},T={t}": v for (a, t), v in att.tuning_.items()}}
-    return with_baseline(lambda m: att.score(m, x, y, pool_index), model, baseline, "rmia", params)
+    return with_baseline(lambda m: att.score(m, x, y, pool_index), model, baseline, "rmia", params, refs)

@@ -134,7 +134,8 @@ def shadow_attack(
     x, y : query points and their true labels.
     refs : :class:`ReferenceModels` playing the shadow models (≥ 2).
     attack_model, per_class, seed : see :class:`ShadowAttack`.
-    baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline.
+    baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline
+        (default: ``refs.baseline``, set by ``refs.train_disjoint``).
 
     Returns
     -------
@@ -147,4 +148,4 @@ def shadow_attack(
     """
     att = ShadowAttack(attack_model, per_class, seed).fit(refs)
     return with_baseline(lambda m: att.score(m, x, y), model, baseline, "shadow",
-                         {"per_class": per_class, "n_reference": len(refs), "seed": seed})
+                         {"per_class": per_class, "n_reference": len(refs), "seed": seed}, refs)

@@ -155,7 +155,7 @@ def threshold_attack(
     """
     att = ThresholdAttack(signal, class_dependent).fit(refs)
     return with_baseline(lambda m: att.score(m, x, y), model, baseline, f"threshold:{signal}",
-                         {"signal": signal, "class_dependent": class_dependent})
+                         {"signal": signal, "class_dependent": class_dependent}, refs)
 
 
 def loss_attack(model: nn.Module, x: Tensor, y: Tensor, *, baseline: nn.Module | None = None,
