@@ -135,6 +135,7 @@ def attribute_inference(
     z = model_logits(model, x)
     check_label_range(z, y)
     num_classes = z.shape[1]
+    check_label_range(z, y_aux)
     if method == "fredrikson":
         pred = fredrikson_inference(model, x, y, attribute, values, prior)
     else:
@@ -147,7 +148,7 @@ def attribute_inference(
     def base_feats(xx: Tensor, yy: Tensor) -> Any:
         return torch.cat([xx[:, others].double(), nn.functional.one_hot(yy, num_classes).double()], 1).cpu().numpy()
 
-    imputer = make(seed + 1).fit(base_feats(x_aux, y_aux.clamp_max(num_classes - 1)), aux_codes.cpu().numpy())
+    imputer = make(seed + 1).fit(base_feats(x_aux, y_aux), aux_codes.cpu().numpy())
     base = torch.as_tensor(imputer.predict(base_feats(x, y)), dtype=torch.long, device=x.device)
     acc = lambda p, sel=slice(None): float((p[sel] == truth[sel]).double().mean())
     split: dict[str, float] = {}

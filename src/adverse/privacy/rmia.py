@@ -204,7 +204,7 @@ def rmia(
     Zarifzadeh, Liu & Shokri, "Low-Cost High-Power Membership Inference Attacks", ICML 2024.
     """
     att = RMIA(online, offline_a, temperature, gamma).fit(refs, population, population_index)
-    params: dict[str, Any] = {"online": online, "offline_a": att.a_, "temperature": att.temperature_, "gamma": gamma,
+    params: dict[str, Any] = {"online": online, "offline_a": None if online else att.a_, "temperature": att.temperature_, "gamma": gamma,
                               "n_reference": len(refs), "n_population": int(att.x_z.shape[0]),
                               "tuning_auc": {f"a={a},T={t}": v for (a, t), v in att.tuning_.items()}}
     return with_baseline(lambda m: att.score(m, x, y, pool_index), model, baseline, "rmia", params, refs)
