@@ -305,3 +305,24 @@ def test_baseline_comes_from_the_reference_models_by_default(task):
     assert loss_attack(task["target"], x, y).baseline_scores is None  # no refs, no baseline: the note says how
     assert "train_disjoint" in loss_attack(task["target"], x, y).baseline_note
     assert loss_attack(task["target"], x, y, refs=others).baseline_scores is not None
+
+
+def test_lira_query_augmentations_combine_per_query_statistics(task):
+    t = task
+    x, y, idx = t["x"][:300], t["y"][:300], t["index"][:300]
+    ident = lambda q: q
+    for online in (True, False):
+        kw = {"online": online, "fixed_variance": True, "pool_index": idx if online else None}
+        one = lira(t["target"], x, y, t["others"], **kw).scores
+        assert torch.allclose(lira(t["target"], x, y, t["others"], augmentations=[ident], **kw).scores, one)
+        twice = lira(t["target"], x, y, t["others"], augmentations=[ident, ident], **kw).scores
+        # the same query twice: the mean log-LR is unchanged online; Stouffer's Σz/√A scales z by √2 offline
+        assert torch.allclose(twice, one if online else one * math.sqrt(2))
+    plain = lira(t["target"], x, y, t["others"], pool_index=idx, fixed_variance=True).scores
+    noisy = lira(t["target"], x, y, t["others"], pool_index=idx, fixed_variance=True,
+                 augmentations=[ident, lambda q: q + 0.05]).scores
+    assert torch.isfinite(noisy).all() and not torch.allclose(noisy, plain)
+    with pytest.raises(AdverseError, match="augmentations"):
+        lira(t["target"], x, y, t["others"], pool_index=idx, augmentations=[])
+    with pytest.raises(AdverseError, match="same shape"):
+        lira(t["target"], x, y, t["others"], pool_index=idx, augmentations=[lambda q: q[:, :50]])

@@ -22,6 +22,7 @@ have both, and a side with fewer than two models uses the global variance.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +82,9 @@ class LiRA:
     online : True uses IN and OUT reference models (the query points must be pool points: ``pool_index``);
         False (offline) uses OUT models only.
     fixed_variance : one global variance per side instead of per-example variances.
+    augmentations : deterministic query transforms (e.g. ``[lambda x: x, lambda x: x.flip(-1)]``); each gets
+        its own Gaussians, and the per-query statistics are combined (online: mean log-likelihood ratio;
+        offline: ``Σ z_a / √A``). None queries ``x`` alone.
 
     References
     ----------
@@ -88,9 +92,13 @@ class LiRA:
     IEEE S&P 2022 (arXiv:2112.03570).
     """
 
-    def __init__(self, online: bool = True, fixed_variance: bool = False) -> None:
+    def __init__(self, online: bool = True, fixed_variance: bool = False,
+                 augmentations: Sequence[Callable[[Tensor], Tensor]] | None = None) -> None:
         self.online = bool(online)
         self.fixed_variance = bool(fixed_variance)
+        self.augmentations = list(augmentations) if augmentations is not None else None
+        if self.augmentations is not None and (not self.augmentations or not all(map(callable, self.augmentations))):
+            raise InputError("augmentations must be a non-empty list of callables x -> x' (include the identity)")
         self.refs_: ReferenceModels | None = None
 
     def fit(self, refs: ReferenceModels) -> LiRA:
@@ -110,13 +118,27 @@ class LiRA:
         """
         if self.refs_ is None:
             raise InputError("call fit(refs) before score()")
+        if self.online and pool_index is None:
+            raise InputError("online LiRA needs IN reference models for the query points: pass pool_index (their "
+                             "positions in the reference pool) or use online=False")
         x, y = check_xy(x, y)
-        z = model_logits(model, x)
-        check_label_range(z, y)
-        phi = scaled_logit(z, y)  # (n,)
         refs = self.refs_
-        phi_ref = scaled_logit(refs.logits(x), y)  # (K, n)
         is_in = refs.in_masks(pool_index, x.shape[0])
+        per_query = []
+        for aug in self.augmentations or (None,):
+            xa = x if aug is None else aug(x)
+            if not isinstance(xa, Tensor) or xa.shape != x.shape:
+                raise InputError("each augmentation must map x to a tensor of the same shape")
+            z = model_logits(model, xa)
+            check_label_range(z, y)
+            per_query.append(self._test(scaled_logit(z, y), scaled_logit(refs.logits(xa), y), is_in))
+        stats = torch.stack(per_query)
+        # online: the mean log-likelihood ratio over queries (Carlini et al. §IV-C); offline: Stouffer's
+        # combination of the one-sided statistics, Σ_a z_a / √A (for one query, z itself)
+        return stats.mean(0) if self.online else stats.sum(0) / math.sqrt(stats.shape[0])
+
+    def _test(self, phi: Tensor, phi_ref: Tensor, is_in: Tensor) -> Tensor:
+        """One query's statistic from the target's ``φ`` (n,) and the references' (K, n)."""
         mu_out, var_out, cnt_out, pooled_out = fit_gaussians(phi_ref, ~is_in)
         if not self.online:
             if bool((cnt_out == 0).any()):
@@ -124,9 +146,6 @@ class LiRA:
                 mu_out = _complete(mu_out, cnt_out, mu_in, cnt_in)
             sd = _variance(var_out, cnt_out, pooled_out, self.fixed_variance).sqrt()
             return (phi - mu_out) / sd
-        if pool_index is None:
-            raise InputError("online LiRA needs IN reference models for the query points: pass pool_index (their "
-                             "positions in the reference pool) or use online=False")
         mu_in, var_in, cnt_in, pooled_in = fit_gaussians(phi_ref, is_in)
         mu_in_full = _complete(mu_in, cnt_in, mu_out, cnt_out)
         mu_out = _complete(mu_out, cnt_out, mu_in, cnt_in)
@@ -137,7 +156,8 @@ class LiRA:
 
 def lira(
     model: nn.Module, x: Tensor, y: Tensor, refs: ReferenceModels, *, pool_index: Tensor | None = None,
-    online: bool = True, fixed_variance: bool = False, baseline: nn.Module | None = None,
+    online: bool = True, fixed_variance: bool = False,
+    augmentations: Sequence[Callable[[Tensor], Tensor]] | None = None, baseline: nn.Module | None = None,
 ) -> MembershipScores:
     """LiRA membership scores for ``model`` on ``(x, y)`` from reference models.
 
@@ -147,7 +167,7 @@ def lira(
     x, y : query points and their true labels.
     refs : :class:`ReferenceModels` (online LiRA needs ≥ 4, offline ≥ 2).
     pool_index : positions of ``x`` in ``refs``' pool (needed online); None = not pool points.
-    online, fixed_variance : see :class:`LiRA`.
+    online, fixed_variance, augmentations : see :class:`LiRA`.
     baseline : a model trained on data disjoint from ``x``: the same attack against it is the sanity baseline
         (default: ``refs.baseline``, set by ``refs.train_disjoint``).
 
@@ -160,6 +180,7 @@ def lira(
     ----------
     Carlini et al., "Membership Inference Attacks From First Principles", IEEE S&P 2022.
     """
-    att = LiRA(online, fixed_variance).fit(refs)
+    att = LiRA(online, fixed_variance, augmentations).fit(refs)
     return with_baseline(lambda m: att.score(m, x, y, pool_index), model, baseline, "lira",
-                         {"online": online, "fixed_variance": fixed_variance, "n_reference": len(refs)}, refs)
+                         {"online": online, "fixed_variance": fixed_variance, "n_reference": len(refs),
+                          "n_queries": len(att.augmentations or [None])}, refs)
