@@ -33,16 +33,32 @@ def _target(x_target: torch.Tensor, data: Dataset) -> torch.Tensor:
     return t.to(data.x.dtype)
 
 
-def _setup(data: Dataset, x_target: torch.Tensor, adv_label: int, rate: float, eps: float, seed: int):
-    """Validate, then draw the base images: ``round(rate · n)`` training images of the adversarial class."""
+def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter], create_graph: bool) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+
+
+def _setup(data: Dataset, x_target: torch.Tensor, adv_label: int, rate: float, eps: float, seed: int,
+           grad_norm_model: nn.Module | None = None):
+    """Validate, then choose the base images: ``round(rate · n)`` training images of the adversarial class,
+    drawn at random, or (``grad_norm_model`` given) those with the largest parameter-gradient norm."""
     check_data(data)
     t = _target(x_target, data)
     adv_label = check_class(adv_label, data.num_classes, "adv_label")
     rate = check_rate(rate)
     eps = check_eps(eps, data.bounds)
     pool = (data.y == adv_label).nonzero().flatten()
-    idx = select(pool, max(budget(rate, len(data)), 1), seed, f"poisons of class {adv_label}")
-    return t, adv_label, rate, eps, idx
+    count = max(budget(rate, len(data)), 1)
+    if grad_norm_model is None:
+        return t, adv_label, rate, eps, select(pool, count, seed, f"poisons of class {adv_label}")
+    if count > pool.numel():
+        raise InputError(f"need {count} poisons of class {adv_label} but the training set has {pool.numel()}")
+    params = [p for p in grad_norm_model.parameters() if p.requires_grad]
+    norms = torch.stack([
+        torch.sqrt(sum(g.pow(2).sum() for g in _flat_grad(
+            F.cross_entropy(grad_norm_model(data.x[i : i + 1]), data.y[i : i + 1]), params, False)))
+        for i in pool.tolist()
+    ])
+    return t, adv_label, rate, eps, pool[norms.argsort(descending=True)[:count]].sort().values
 
 
 def _result(data: Dataset, idx: torch.Tensor, x_poison: torch.Tensor, attack: str, params: dict,
@@ -125,10 +141,6 @@ def feature_collision(
     return _result(data, idx, x, "feature_collision", params, t, y_target, adv_label)
 
 
-def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter], create_graph: bool) -> list[torch.Tensor]:
-    return list(torch.autograd.grad(loss, params, create_graph=create_graph))
-
-
 def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm: torch.Tensor) -> torch.Tensor:
     """``1 − ⟨∇_θ L_t, ∇_θ L_p⟩ / (‖∇_θ L_t‖ ‖∇_θ L_p‖)`` over all parameters (Geiping et al., Eq. 3)."""
     dot = sum((a * b).sum() for a, b in zip(g_p, g_t))
@@ -138,7 +150,8 @@ def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm:
 
 def gradient_matching(
     model: nn.Module, data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
-    rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1, seed: int = 0,
+    rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1,
+    selection: str = "gradient", seed: int = 0,
 ) -> PoisonedData:
     """Witches' Brew: perturb base images of the adversarial class so that their training gradient aligns with
     the gradient that would teach the model ``f(x_t) = y_adv``.
@@ -162,7 +175,9 @@ def gradient_matching(
     rate : fraction of the training set perturbed (the paper's budget; at least one image).
     eps : L∞ budget per poison, in input units (the paper uses 16/255 on CIFAR-10).
     steps, restarts, tau : M, R and the relative step size of Algorithm 1.
-    seed : which bases are drawn and the random starts.
+    selection : "gradient" (the adversarial-class images with the largest ‖∇_θ L‖ on the surrogate, the
+        selection the authors recommend) or "random".
+    seed : which bases are drawn ("random") and the random starts.
 
     Returns
     -------
@@ -174,11 +189,14 @@ def gradient_matching(
     Geiping, Fowl, Huang, Czaja, Taylor, Moeller & Goldstein, "Witches' Brew: Industrial Scale Data Poisoning
     via Gradient Matching", ICLR 2021.
     """
-    t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed)
+    if selection not in ("gradient", "random"):
+        raise InputError(f"selection must be 'gradient' or 'random', got {selection!r}")
     if steps < 1 or restarts < 1:
         raise InputError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
     start = time.perf_counter()
     net, params = _frozen_copy(model)
+    t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed,
+                                          net if selection == "gradient" else None)
     x, y = data.x[idx], data.y[idx]
     n = x.shape[0]
     lower, upper = linf_box(x, torch.full((n,), eps, dtype=x.dtype), data.bounds)
@@ -209,6 +227,6 @@ def gradient_matching(
         if final < best_loss:
             best_loss, best_delta = final, delta
     params_out = {"adv_label": adv_label, "y_target": y_target, "rate": rate, "eps": eps, "steps": steps,
-                  "restarts": restarts, "tau": tau, "seed": seed, "alignment": 1 - best_loss,
+                  "restarts": restarts, "tau": tau, "selection": selection, "seed": seed, "alignment": 1 - best_loss,
                   "seconds": time.perf_counter() - start}
     return _result(data, idx, x + best_delta, "gradient_matching", params_out, t, y_target, adv_label)
