@@ -100,6 +100,18 @@ def test_median_filter_exact_gradient_routes_to_the_median_pixel():
     assert abs(int(idx[0]) - 3) <= 1 and abs(int(idx[1]) - 4) <= 1
 
 
+def test_eot_mode_differentiates_each_draw_exactly_where_possible():
+    x = _images(3)
+    v = torch.randn_like(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(_input_grad(MedianFilter(3, gradient="eot"), x, v), _input_grad(MedianFilter(3), x, v))
+    assert torch.equal(_input_grad(BitDepth(2, gradient="eot"), x, v), torch.zeros_like(x))
+    assert not torch.equal(_input_grad(MedianFilter(3, gradient="bpda"), x, v), _input_grad(MedianFilter(3), x, v))
+    # a draw's exact gradient through noise and clipping: the incoming gradient where the clip is inactive
+    noisy = GaussianNoise(0.05, gradient="eot", seed=0)
+    xm = torch.full((2, 1, 8, 8), 0.5)
+    assert torch.equal(_input_grad(noisy, xm, v[:2]), v[:2])
+
+
 def test_gaussian_noise_statistics_and_seeding():
     x = torch.full((400, 1, 8, 8), 0.5)
     g_state = torch.get_rng_state()
