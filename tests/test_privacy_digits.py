@@ -120,3 +120,19 @@ def test_label_only_contracts(pooled):
 def train_free_labels(model: nn.Module, q: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(q).argmax(1)
+
+
+def test_label_only_leaves_model_state_alone(pooled):
+    refs = pooled[1]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Dropout(0.3), nn.ReLU(), nn.Linear(32, 10))
+    net.train()
+    flags = [p.requires_grad for p in net.parameters()]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    x, y = refs.x_pool[:10], refs.y_pool[:10]
+    label_only(net, x, y, augment="noise", n_noise=5, seed=0)
+    label_only(net, x, y, method="boundary", max_queries=30, steps=2, seed=0)
+    assert net.training and [p.requires_grad for p in net.parameters()] == flags
+    assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # BN buffers untouched
+    assert torch.equal(torch.get_rng_state(), rng)

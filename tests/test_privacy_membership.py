@@ -155,6 +155,9 @@ def test_target_state_left_as_found(task):
     lira(target, task["x"][:50], task["y"][:50], task["others"], pool_index=task["index"][:50])
     rmia(target, task["x"][:50], task["y"][:50], task["others"], population=task["pop"], offline_a=0.3, temperature=2.0)
     loss_attack(target, task["x"][:50], task["y"][:50])
+    shadow_attack(target, task["x"][:50], task["y"][:50], task["others"])
+    threshold_attack(target, task["x"][:50], task["y"][:50], signal="confidence", refs=task["others"],
+                     class_dependent=True)
     assert target.training and [p.requires_grad for p in target.parameters()] == flags
     assert all(p.grad is None for p in target.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
