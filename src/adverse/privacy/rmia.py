@@ -9,8 +9,8 @@ with ``Pr(x|θ) = softmax(f_θ(x) / T)_y`` and ``Pr(x)`` the average of ``Pr(x|�
 **Online** (IN and OUT references), ``Pr(x)`` averages the IN and the OUT models' mean equally (the paper's
 references hold x half the time). **Offline** (OUT references only), ``Pr(x) = ½((1 + a) Pr_OUT(x) + (1 − a))``
 approximates the missing IN models linearly. Both ``a`` and the temperature ``T`` are chosen on the reference
-models (as ML Privacy Meter chooses ``a``): one reference model plays the target, the others the references,
-and the (a, T) with the best AUC over the pool wins.
+models (as ML Privacy Meter chooses ``a``): reference model 0 plays the target, the others (less its
+complementary partner) the references, and the (a, T) with the best AUC over the pool wins.
 
 The score is a count over the ``|Z|`` population points, so it takes at most ``|Z| + 1`` values; ties are
 broken by ``Pr(x|θ)/Pr(x)`` itself: the returned score is ``(count + u) / |Z|`` with ``u ∈ [0, 1)`` the
@@ -144,13 +144,16 @@ class RMIA:
         z_pop = refs.logits(self.x_z)
         a_grid = (self.a_,) if self.a_ is not None else self.a_grid
         t_grid = (self.temperature_,) if self.temperature_ is not None else self.t_grid
+        # reference model 0 plays the target; its complementary partner (OUT exactly where model 0 is IN) is
+        # left out of the references when others remain, so they do not depend on model 0's membership
+        rest = [j for j in range(1, len(refs)) if refs.pair_ids[j] != refs.pair_ids[0]] or list(range(1, len(refs)))
         best = (-1.0, None, None)
         for t in t_grid:
             lp_pool = log_softmax_true(z_pool, refs.y_pool, t)
             lp_pop = log_softmax_true(z_pop, self.y_z, t)
-            for a in a_grid:  # reference model 0 plays the target, models 1.. the references
-                s = rmia_scores(lp_pool[0], lp_pool[1:], refs.masks[1:], lp_pop[0], lp_pop[1:], self.in_z[1:],
-                                online=self.online, a=a, gamma=self.gamma)
+            for a in a_grid:
+                s = rmia_scores(lp_pool[0], lp_pool[rest], refs.masks[rest], lp_pop[0], lp_pop[rest],
+                                self.in_z[rest], online=self.online, a=a, gamma=self.gamma)
                 auc = float(roc_auc_score(refs.masks[0].cpu().numpy(), s.cpu().numpy()))
                 self.tuning_[(a, t)] = auc
                 if auc > best[0]:
