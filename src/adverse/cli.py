@@ -119,6 +119,24 @@ def audit(
     checks: Annotated[
         bool, typer.Option("--checks/--no-checks", help="Run the gradient-masking sanity checks.")
     ] = True,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model file: .safetensors (with --arch), .pt2 (torch.export), TorchScript, "
+                                     ".pt state dict (with --arch), .onnx.", show_default="the bundled digits CNN"),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help="Architecture for weights-only files: SmallCNN, MLP, a zoo recipe, or "
+                                    "package.module:factory."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Data: digits, tabular (':train' for the train split), a .npz file (x, y), "
+                                    "a .csv file, or a folder of images per class.", show_default="digits test"),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow unpickling a model file (it can run arbitrary code).")
+    ] = False,
 ) -> None:
     """Audit robustness: clean accuracy, and robust accuracy under FGSM, PGD and APGD-CE at each eps.
 
@@ -134,7 +152,8 @@ def audit(
         if out.exists() and not out.is_dir():
             raise AdverseError(f"--out {out} exists and is not a folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
-        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, err)
+        loaded = _load(model, arch, data, trust_pickle)
+        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, err)
         path = result.save(out)
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
@@ -170,8 +189,25 @@ def audit(
               f"({result.seconds['total']:.1f} s, seed {result.config['seed']}).")
 
 
+def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: bool) -> tuple[Any, Any, dict]:
+    """The user's model and data (None, None for the bundled default), and what to record about them."""
+    from .errors import AdverseError
+
+    if model is None and data is None:
+        if arch is not None:
+            raise AdverseError("--arch needs --model")
+        return None, None, {}
+    if model is None or data is None:
+        raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
+    from .loading import load_data, load_model
+
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    dataset = load_data(data)
+    return net, dataset, {"file": str(model), "arch": arch, "data": data}
+
+
 def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, seed: int, threads: int | None,
-               checks: bool, err: Console) -> AuditResult:
+               checks: bool, loaded: tuple[Any, Any, dict], err: Console) -> AuditResult:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -199,7 +235,13 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
         def progress(description: str, completed: float, total: float) -> None:
             bar.update(task, description=description, completed=completed, total=total)
 
-        return audit(eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks, progress=progress)
+        net, dataset, info = loaded
+        result = audit(net, dataset, eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks,
+                       progress=progress)
+        if info:
+            result.model.update(file=info["file"], arch=info["arch"])
+            result.data.update(spec=info["data"])
+        return result
 
 
 def _table(result: AuditResult) -> Any:

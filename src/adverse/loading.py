@@ -1,0 +1,220 @@
+"""Users' own models and data, loaded without running code they did not name.
+
+Models (:func:`load_model`):
+
+==========================  ==================================================================================
+``.safetensors``            weights only; the architecture comes from ``arch``: a name from :mod:`adverse.zoo`
+                            (``SmallCNN``, ``MLP``, or a recipe such as ``digits-cnn``) or a Python path
+                            ``package.module:factory`` that the user names (called with no arguments)
+``.pt2``                    a ``torch.export`` archive (graph and weights, no Python code)
+TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code, not pickled Python objects)
+``.pt`` / ``.pth`` / …      a ``torch.save``'d state dict, read with ``torch.load(weights_only=True)``; needs
+                            ``arch``. A pickled module is refused unless ``trust_pickle=True``: unpickling runs
+                            whatever code the file names
+``.onnx``                   converted to a torch module with onnx2torch (``pip install adverse[onnx]``)
+==========================  ==================================================================================
+
+Data (:func:`load_data`): the bundled sets by name (``digits``, ``digits:train``, ``tabular``), ``.npz`` files
+with ``x`` and ``y``, a folder of images with one sub-folder per class (read with Pillow), and CSV files with a
+header whose label column is ``label`` (or ``y``, or else the last column).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Dataset, digits, load_npz, tabular
+from .errors import InputError, ModelError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+# --------------------------------------------------------------------------------------------- models
+def build_architecture(arch: str) -> nn.Module:
+    """An untrained module from ``arch``: a zoo class or recipe name, or ``package.module:factory``."""
+    from . import zoo
+
+    if ":" in arch:
+        module_name, _, attr = arch.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelError(f"cannot import the architecture {arch!r} ({e}); give 'package.module:factory' "
+                             "with the package on PYTHONPATH") from e
+        model = factory()
+    elif arch in zoo.RECIPES:
+        model = zoo._build(zoo.RECIPES[arch]["arch"])
+    elif arch == "SmallCNN":
+        model = zoo.SmallCNN()
+    elif arch == "MLP":
+        model = zoo.MLP(64, 10)
+    else:
+        raise ModelError(f"unknown architecture {arch!r}; use one of SmallCNN, MLP, {', '.join(zoo.RECIPES)} or "
+                         "'package.module:factory'")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{arch!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _with_weights(model: nn.Module, state: Any, path: Path) -> nn.Module:
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{path} does not match the architecture: {str(e).splitlines()[0]} "
+                         "(check --arch)") from e
+    return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+    """Load a model file in eval mode; see the module docstring for the formats.
+
+    Raises :class:`ModelError` for a missing file, a format that needs ``arch`` without it, weights that do
+    not fit the architecture, and a pickled object when ``trust_pickle`` is False (nothing in the file runs).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"no such model file: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if arch is None:
+            raise ModelError(f"{p} holds weights only; name the architecture with arch= (--arch), e.g. SmallCNN or "
+                             "'package.module:factory'")
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # safetensors raises its own error types
+            raise ModelError(f"{p} is not a valid safetensors file ({e})") from e
+        return _with_weights(build_architecture(arch), state, p).eval()
+    if suffix == ".pt2":
+        try:
+            return torch.export.load(str(p)).module()
+        except Exception as e:
+            raise ModelError(f"{p} is not a torch.export archive ({type(e).__name__}: {e})") from e
+    if suffix == ".onnx":
+        try:
+            import onnx
+            from onnx2torch import convert
+        except ImportError as e:
+            raise ModelError("ONNX models need the onnx extra: pip install 'adverse[onnx]'") from e
+        try:
+            return convert(onnx.load(str(p))).eval()
+        except Exception as e:
+            raise ModelError(f"{p} could not be converted from ONNX ({type(e).__name__}: {e}); export the model "
+                             "with torch.export or wrap an ONNX runtime session in adverse.BlackBox") from e
+    if _is_torchscript(p):
+        try:
+            return torch.jit.load(str(p), map_location="cpu").eval()
+        except Exception as e:
+            raise ModelError(f"{p} is not a loadable TorchScript archive ({e})") from e
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not trust_pickle:
+            raise ModelError(
+                f"{p} is not a plain weights file: loading it would unpickle Python objects, which can run "
+                "arbitrary code. Save weights with safetensors, torch.export or TorchScript; or, if you trust "
+                "the file, pass trust_pickle=True (--trust-pickle)"
+            ) from e
+        obj = torch.load(str(p), map_location="cpu", weights_only=False)
+        if isinstance(obj, nn.Module):
+            return obj.eval()
+        state = obj
+    if isinstance(state, nn.Module):
+        return state.eval()
+    if arch is None:
+        raise ModelError(f"{p} holds a state dict; name the architecture with arch= (--arch)")
+    return _with_weights(build_architecture(arch), state, p).eval()
+
+
+# --------------------------------------------------------------------------------------------- data
+def _image_folder(root: Path) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise InputError(f"{root} has no class sub-folders; put each class's images in its own folder")
+    xs, ys, size, mode = [], [], None, None
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im.load()
+                    mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
+                    arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as e:
+                raise InputError(f"{f} is not a readable image ({e})") from e
+            if size is None:
+                size = arr.shape
+            elif arr.shape != size:
+                raise InputError(f"{f} has shape {arr.shape[:2]}, others {size[:2]}; resize the images to one size")
+            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise InputError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return Dataset(torch.from_numpy(np.stack(xs)), torch.tensor(ys), root.name, len(classes))
+
+
+def _csv(path: Path, bounds: tuple[float, float]) -> Dataset:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise InputError(f"{path} needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    label = next((header.index(k) for k in ("label", "y") if k in header), len(header) - 1)
+    try:
+        table = np.array([[float(v) for v in r] for r in rows[1:] if r], dtype=np.float64)
+    except ValueError as e:
+        raise InputError(f"{path}: every value must be a number ({e}); encode categories as numbers") from e
+    if table.ndim != 2 or table.shape[1] != len(header):
+        raise InputError(f"{path}: rows have different numbers of columns")
+    y = table[:, label]
+    x = np.delete(table, label, axis=1).astype(np.float32)
+    if not np.all(y == np.round(y)) or y.min() < 0:
+        raise InputError(f"{path}: the label column {header[label]!r} must hold integers ≥ 0")
+    lo, hi = bounds
+    if not np.isfinite(x).all() or x.min() < lo or x.max() > hi:
+        raise InputError(f"{path}: features must be finite and inside bounds {bounds}; scale them first")
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), path.stem, int(y.max()) + 1, bounds)
+
+
+def load_data(spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0)) -> Dataset:
+    """A dataset from a bundled name (``digits``, ``digits:train``, ``tabular``, ``tabular:train``; the test
+    split by default), an ``.npz`` file, a ``.csv`` file or a folder of images per class."""
+    text = str(spec)
+    name, _, split = text.partition(":")
+    if name in ("digits", "tabular") and not Path(text).exists():
+        split = split or "test"
+        if split not in ("train", "test"):
+            raise InputError(f"unknown split {split!r}; use {name}:train or {name}:test")
+        return digits(split) if name == "digits" else tabular(split)
+    p = Path(spec)
+    if p.is_dir():
+        return _image_folder(p)
+    if not p.is_file():
+        raise InputError(f"no such data file or folder: {p}; or name a bundled set: digits, tabular")
+    if p.suffix.lower() == ".npz":
+        return load_npz(p, bounds)
+    if p.suffix.lower() == ".csv":
+        return _csv(p, bounds)
+    raise InputError(f"{p}: unknown data format; use .npz (x, y), .csv, or a folder of images per class")
