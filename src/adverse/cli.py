@@ -153,7 +153,7 @@ def audit(
             raise AdverseError(f"--out {out} exists and is not a folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
         loaded = _load(model, arch, data, trust_pickle)
-        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, err)
+        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, out, err)
         path = result.save(out)
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
@@ -207,7 +207,7 @@ def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: 
 
 
 def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, seed: int, threads: int | None,
-               checks: bool, loaded: tuple[Any, Any, dict], err: Console) -> AuditResult:
+               checks: bool, loaded: tuple[Any, Any, dict], out: Path, err: Console) -> AuditResult:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -237,7 +237,7 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
 
         net, dataset, info = loaded
         result = audit(net, dataset, eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks,
-                       progress=progress)
+                       state_dir=out, progress=progress)
         if info:
             result.model.update(file=info["file"], arch=info["arch"])
             result.data.update(spec=info["data"])

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+STATE_FILE = ".audit-state.json"
 DEFAULT_EPS = (0.05, 0.1, 0.2, 0.3)
 DEFAULT_MODEL = "digits-cnn"
 ATTACKS = ("fgsm", "pgd", "apgd-ce")
@@ -124,18 +125,9 @@ class AuditResult:
             raise InputError(f"{out} exists and is not a folder; choose another output folder")
         out.mkdir(parents=True, exist_ok=True)
         path = out / RESULTS_FILE
-        text = self.to_json()
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RESULTS_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, self.to_json())
+        with contextlib.suppress(FileNotFoundError):  # the audit is complete: its resume state is done with
+            (out / STATE_FILE).unlink()
         return path
 
     @classmethod
@@ -171,6 +163,70 @@ class AuditResult:
         if not isinstance(d, dict):
             raise InputError(f"{p} does not hold a JSON object; it is not an adverse audit")
         return cls.from_dict(d)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader never sees a
+    half-written file, and an interruption leaves the previous file intact."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _Checkpoint:
+    """The finished work of one audit, batch by batch, in ``folder/.audit-state.json`` (atomically rewritten after
+    every batch). A rerun with the same model, data and settings (the same ``key``) takes finished batches from
+    here instead of attacking again; any other state file is ignored and replaced."""
+
+    def __init__(self, folder: str | os.PathLike[str] | None, key: str) -> None:
+        self.path = None if folder is None else Path(folder) / STATE_FILE
+        self.data: dict[str, Any] = {"key": key, "batches": {}, "checks": None}
+        if self.path is not None and self.path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                old = json.loads(self.path.read_text(encoding="utf-8"))
+                if isinstance(old, dict) and old.get("key") == key:
+                    self.data = old
+
+    @staticmethod
+    def _id(attack: str, eps: float, start: int) -> str:
+        return f"{attack}|{eps!r}|{start}"
+
+    def get(self, attack: str, eps: float, start: int) -> dict[str, Any] | None:
+        return self.data["batches"].get(self._id(attack, eps, start))
+
+    def put(self, attack: str, eps: float, start: int, record: dict[str, Any]) -> None:
+        self.data["batches"][self._id(attack, eps, start)] = record
+        self._write()
+
+    def put_checks(self, rows: list[dict[str, Any]]) -> None:
+        self.data["checks"] = rows
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(self.data))
+
+
+def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) -> str:
+    """A hash of the model's parameters and buffers, the data and the settings."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for t in (x, y):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -263,6 +319,7 @@ def audit(
     seed: int = 0,
     checks: bool = True,
     check_n: int = 100,
+    state_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
     """Measure how robust ``model`` is on ``data``: clean accuracy, and robust accuracy under FGSM, PGD and
@@ -285,6 +342,10 @@ def audit(
     checks : run the gradient-masking checks of :mod:`adverse.evaluation.checks` on the first ``check_n`` points,
         at the budget whose worst-case robust accuracy is closest to half the clean accuracy (where the checks
         discriminate best).
+    state_dir : a folder for the audit's resume state (``.audit-state.json``, rewritten atomically after every
+        batch). If the audit is interrupted, rerunning it with the same model, data, settings and ``state_dir``
+        reuses every finished batch and gives the same result as an uninterrupted run. :meth:`AuditResult.save`
+        into that folder removes the state.
     progress : ``progress(description, completed, total)``, called as work completes (for progress bars).
 
     Returns
@@ -377,6 +438,11 @@ def audit(
     rows: list[dict[str, Any]] = []
     fooled: dict[tuple[str, float], np.ndarray] = {}
     extra = {} if tuple(dataset.bounds) == (0.0, 1.0) else {"bounds": tuple(dataset.bounds)}
+    config = {
+        "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
+        "attacks": {a: dict(specs[a][1]) for a in names},
+    }
+    state = _Checkpoint(state_dir, _fingerprint(model, x, y, dict(config, checks=checks, check_n=check_n)))
     for e in eps_list:
         for name in names:
             fn, kwargs, cost = specs[name]
@@ -384,10 +450,15 @@ def audit(
             report(description, done, total_work)
             parts, fw, bw, secs, params = [], 0, 0, 0.0, {}
             for a, b in batches:
-                r = fn(model, x[a:b], y[a:b], eps=e, norm=norm, seed=seed, **kwargs, **extra)
-                parts.append(r.success.cpu().numpy())
-                fw, bw, secs = fw + r.forwards, bw + r.backwards, secs + r.seconds
-                params = r.summary()["params"]
+                rec = state.get(name, e, a)
+                if rec is None:
+                    r = fn(model, x[a:b], y[a:b], eps=e, norm=norm, seed=seed, **kwargs, **extra)
+                    rec = {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
+                           "backwards": r.backwards, "seconds": r.seconds, "params": r.summary()["params"]}
+                    state.put(name, e, a, rec)
+                parts.append(np.asarray(rec["success"], dtype=bool))
+                fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
+                params = rec["params"]
                 done += cost * (b - a)
                 report(description, done, total_work)
             bad = np.concatenate(parts) | ~clean_correct
@@ -409,10 +480,6 @@ def audit(
         robust = total_n - int(union.sum())
         worst.append({"eps": e, "robust_accuracy": robust / total_n, "robust": robust, "attacks": list(names)})
 
-    config = {
-        "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
-        "attacks": {a: dict(specs[a][1]) for a in names},
-    }
     check_rows: list[dict[str, Any]] = []
     if checks:
         from .checks import run_checks
@@ -421,8 +488,11 @@ def audit(
         check_eps = min(eps_list, key=lambda e: abs(worst[eps_list.index(e)]["robust_accuracy"] - clean_share / 2))
         k = min(check_n, total_n)
         report(f"sanity checks at eps {check_eps:g} on {k} points", done, total_work)
-        found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=tuple(dataset.bounds), seed=seed)
-        check_rows = [_json_safe(c.to_dict()) for c in found]
+        if state.data["checks"] is None:
+            found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=tuple(dataset.bounds),
+                               seed=seed)
+            state.put_checks([_json_safe(c.to_dict()) for c in found])
+        check_rows = state.data["checks"]
         config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000}
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
