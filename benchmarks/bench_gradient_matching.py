@@ -1,0 +1,98 @@
+"""Time and success of gradient-matching (Witches' Brew) poisons on the bundled digits.
+
+For each of ``--targets`` test images (correctly classified by both the attacker's surrogate and a clean
+victim), crafts poisons with :func:`adverse.poisoning.gradient_matching` toward the surrogate's runner-up class,
+retrains a victim SmallCNN from scratch (a different seed from the surrogate) on the poisoned set and on the
+random-noise control (same images, same L∞ budget of random sign noise), and prints:
+
+* seconds per target and per poison for crafting, and the ratio of crafting time to one forward+backward pass
+  of the surrogate on the poison batch (a Witches' Brew step is one forward, a double backward through the
+  parameter gradient, so about 3–4 passes; × steps × restarts);
+* the success rate over the targets next to the control's.
+
+Usage: ``python benchmarks/bench_gradient_matching.py --threads 1 --targets 8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from adverse.data import digits
+from adverse.poisoning import gradient_matching, random_noise_control, retrain, targeted_success
+from adverse.zoo import SmallCNN, train_classifier
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--eps", type=float, default=0.25)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--restarts", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; torch "
+          f"{torch.__version__}; torch.get_num_threads() = {torch.get_num_threads()}; load average at start "
+          f"{os.getloadavg()[0]:.2f}")
+    tr, te = digits("train"), digits("test")
+
+    def train_fn(data, seed):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SmallCNN()
+        return train_classifier(model, data, epochs=args.epochs, seed=seed)
+
+    surrogate, victim_clean = train_fn(tr, args.seed), train_fn(tr, args.seed + 1)
+    with torch.no_grad():
+        logits = surrogate(te.x)
+        ok = (logits.argmax(1) == te.y) & (victim_clean(te.x).argmax(1) == te.y)
+    order = torch.randperm(len(te), generator=torch.Generator().manual_seed(args.seed))
+    targets = order[ok[order]][: args.targets].tolist()
+    n_poison = max(round(args.rate * len(tr)), 1)
+    xb, yb = tr.x[:n_poison], tr.y[:n_poison]
+    fb = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        surrogate.zero_grad(set_to_none=True)
+        F.cross_entropy(surrogate(xb), yb).backward()
+        fb.append(time.perf_counter() - t0)
+    surrogate.zero_grad(set_to_none=True)
+    fb_s = sorted(fb)[len(fb) // 2]
+    print(f"data: digits, {len(tr)} training images; {n_poison} poisons ({args.rate:.0%}), eps {args.eps}, "
+          f"steps {args.steps}, restarts {args.restarts}; victim SmallCNN {args.epochs} epochs, seed {args.seed + 1}")
+    print(f"one forward+backward on the {n_poison}-image poison batch: {fb_s * 1e3:.2f} ms (median of 20)")
+    print(f"{'target':>6} {'label':>5} {'adv':>3} {'align':>6} {'craft s':>8} {'s/poison':>8} {'ratio':>7} "
+          f"{'success':>7} {'control':>7}")
+    crafted, hits, ctrl = [], [], []
+    for i in targets:
+        z = logits[i].clone()
+        z[te.y[i]] = -float("inf")
+        adv = int(z.argmax())
+        pd = gradient_matching(surrogate, tr, te.x[i], adv_label=adv, y_target=int(te.y[i]), rate=args.rate,
+                               eps=args.eps, steps=args.steps, restarts=args.restarts, seed=args.seed + i)
+        sec = pd.params["seconds"]
+        hit = bool(targeted_success(retrain(train_fn, pd, seed=args.seed + 1), pd))
+        control = random_noise_control(pd, seed=args.seed + i)
+        miss = bool(targeted_success(retrain(train_fn, control, seed=args.seed + 1), control))
+        crafted.append(sec)
+        hits.append(hit)
+        ctrl.append(miss)
+        print(f"{i:>6} {int(te.y[i]):>5} {adv:>3} {pd.params['alignment']:>6.3f} {sec:>8.2f} {sec / n_poison:>8.3f} "
+              f"{sec / fb_s:>7.0f} {str(hit):>7} {str(miss):>7}", flush=True)
+    mean = sum(crafted) / len(crafted)
+    print(f"crafting: {mean:.2f} s per target, {mean / n_poison:.3f} s per poison, {mean / fb_s:.0f} × one "
+          f"forward+backward ({mean / fb_s / (args.steps * args.restarts):.2f} per step)")
+    print(f"success: {sum(hits)}/{len(hits)} targets; random-noise control: {sum(ctrl)}/{len(ctrl)}")
+
+
+if __name__ == "__main__":
+    main()
