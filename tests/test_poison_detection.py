@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from test_poisoning import _same_state, _state, badnets_model, cnn_train_fn, digits_test
+from torch import nn
 
 from adverse.data import Dataset
 from adverse.defenses import activation_clustering, fine_pruning, neural_cleanse, spectral_signatures, strip

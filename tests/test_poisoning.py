@@ -48,12 +48,12 @@ def _one_thread():
 
 
 # ------------------------------------------------------------------------------------------ shared training
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_train() -> Dataset:
     return digits("train")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_test() -> Dataset:
     return digits("test")
 
@@ -66,7 +66,7 @@ def cnn_train_fn(data: Dataset, seed: int) -> torch.nn.Module:
     return train_classifier(model, data, epochs=EPOCHS, seed=seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def badnets_model(rate: float) -> tuple[PoisonedData, torch.nn.Module]:
     """BadNets 2×2 bottom-right white patch, target 0, and a SmallCNN trained on it (seed 0)."""
     pd = badnets(digits_train(), target=0, rate=rate, size=2, seed=0)

@@ -160,7 +160,7 @@ def spectral_signatures(
         v = torch.linalg.svd(r, full_matrices=False).Vh[0]
         tau = (r @ v) ** 2
         scores[rows] = tau / tau.mean().clamp_min(1e-300)
-        n_remove = min(int(math.ceil(multiplier * eps * rows.numel())), rows.numel())
+        n_remove = min(math.ceil(multiplier * eps * rows.numel()), rows.numel())
         flagged[rows[tau.argsort(descending=True)[:n_remove]]] = True
     return PoisonScores(scores.float(), flagged, float("nan"), "spectral_signatures",
                         {"expected_fraction": eps, "multiplier": multiplier})
@@ -350,7 +350,7 @@ def neural_cleanse(
     repaired = None
     if unlearn and bool(flagged.any()):
         repaired = copy.deepcopy(model)
-        n_stamp = int(round(check_rate(unlearn_fraction, "unlearn_fraction") * x_clean.shape[0]))
+        n_stamp = round(check_rate(unlearn_fraction, "unlearn_fraction") * x_clean.shape[0])
         perm = torch.randperm(x_clean.shape[0], generator=g)[:n_stamp]
         classes = flagged.nonzero().flatten()
         which = classes[torch.randint(0, classes.numel(), (n_stamp,), generator=g)]
@@ -410,7 +410,7 @@ def fine_pruning(
     Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks",
     RAID 2018.
     """
-    import torch.nn.utils.prune as prune
+    from torch.nn.utils import prune
 
     from ..zoo import train_classifier
 
@@ -464,5 +464,14 @@ def fine_pruning(
                               "fine_tuned": clean_accuracy(repaired, x_clean, y_clean)})
 
 
-__all__ = ["PoisonScores", "activation_clustering", "spectral_signatures", "strip", "neural_cleanse",
-           "fine_pruning", "NeuralCleanseResult", "FinePruningResult", "anomaly_index"]
+__all__ = [
+    "FinePruningResult",
+    "NeuralCleanseResult",
+    "PoisonScores",
+    "activation_clustering",
+    "anomaly_index",
+    "fine_pruning",
+    "neural_cleanse",
+    "spectral_signatures",
+    "strip",
+]

@@ -25,9 +25,9 @@ from .metrics import (
 from .targeted import feature_collision, gradient_matching
 from .triggers import Trigger, blend_trigger, patch_trigger, warp_trigger
 
-__all__ = sorted([
-    "badnets", "blended", "wanet", "clean_label", "label_flip", "feature_collision", "gradient_matching",
-    "PoisonedData", "load_poisoned", "Trigger", "patch_trigger", "blend_trigger", "warp_trigger",
-    "attack_success_rate", "backdoor_metrics", "clean_accuracy", "detection_quality", "random_noise_control",
-    "retrain", "targeted_evaluation", "targeted_success",
-])
+__all__ = [
+    "PoisonedData", "Trigger", "attack_success_rate", "backdoor_metrics", "badnets", "blend_trigger", "blended",
+    "clean_accuracy", "clean_label", "detection_quality", "feature_collision", "gradient_matching", "label_flip",
+    "load_poisoned", "patch_trigger", "random_noise_control", "retrain", "targeted_evaluation",
+    "targeted_success", "wanet", "warp_trigger",
+]

@@ -65,7 +65,7 @@ def select(pool: torch.Tensor, count: int, seed: int, what: str) -> torch.Tensor
 
 def budget(rate: float, n: int) -> int:
     """The number of samples a fraction ``rate`` of ``n`` allows (rounded to the nearest integer)."""
-    return int(round(rate * n))
+    return round(rate * n)
 
 
 def last_linear(model: nn.Module) -> nn.Module:

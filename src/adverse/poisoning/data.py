@@ -119,7 +119,7 @@ class PoisonedData:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"{path} is not a safetensors file written by PoisonedData.save ({e})") from e
         if meta.get("format") != FORMAT:
