@@ -1,0 +1,514 @@
+"""The human-readable report: ``report.html`` (one self-contained file) and its figures as PNG files.
+
+:func:`render_report` reads the dictionary that ``results.json`` holds (:meth:`AuditResult.to_dict`) and writes
+``out_dir/report.html`` plus ``out_dir/figures/*.png``. The HTML embeds every figure as a base64 PNG data URI
+and carries its CSS inline: it needs no network, no other file and no JavaScript. Every number in it comes from
+the results; every piece of text from them is escaped. Report code never computes attacks.
+
+Sections, each drawn by one function and each left out when its keys are absent:
+
+* summary: clean accuracy, worst-case robust accuracy at each eps, what they mean, and a prominent line when a
+  sanity check warns (``clean_accuracy``, ``worst_case``, ``checks``);
+* robustness curves: robust accuracy against eps per attack, and the worst case (``attacks``, ``worst_case``);
+* sanity checks: status, message and evidence of each check (``checks``, ``config["checks"]``);
+* attacks × eps: robust accuracy, success rate and the budget spent by each attack at each eps (``attacks``);
+* privacy and poisoning (keys that other suites fill; shapes below);
+* examples: clean, adversarial and perturbation images (the ``examples`` argument, not in ``results.json``);
+* reproduce: the command line, the configuration, seeds, versions and total budget (``config``,
+  ``environment``, ``budget``, ``seconds``, ``created``).
+
+Expected shape of the optional suite keys
+-----------------------------------------
+``results["privacy"]`` (membership inference)::
+
+    {"attacks": [                       # one row per membership attack
+        {"attack": "lira",              # name
+         "auc": 0.71, "balanced_accuracy": 0.65,
+         "tpr_at_fpr": {"0.001": 0.05, "0.01": 0.12},     # as MembershipEvaluation.summary() writes it
+         "ci": {"auc": [0.69, 0.73], ...},                 # optional bootstrap intervals
+         "confidence": 0.95,                               # optional
+         "n_members": 500, "n_nonmembers": 500,
+         "roc": {"fpr": [...], "tpr": [...]},              # optional: the ROC, for the log-log figure
+         "warnings": ["..."]},                             # optional
+        ...]}
+
+``results["poisoning"]`` (poisoning and backdoors)::
+
+    {"attacks": [                       # one row per (attack, poison rate)
+        {"attack": "badnets", "poison_rate": 0.01,
+         "attack_success_rate": 0.93,   # share of triggered test inputs sent to the target class
+         "clean_accuracy": 0.97,        # optional: accuracy of the poisoned model on clean test data
+         "n_poison": 12},               # optional
+        ...]}
+
+``examples`` (optional argument): a mapping with numpy arrays ``x`` and ``x_adv`` (shape ``(k, C, H, W)``,
+``(k, H, W)`` or ``(k, H, W, C)``, values in ``[0, 1]``), ``y`` and ``pred_adv`` (shape ``(k,)``); at most
+eight rows are drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import os
+import shlex
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+MAX_EXAMPLES = 8
+_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "worst-case": "worst case"}
+_NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#1d1d1f;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.meta{color:#666}.headline{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}
+.num{background:#f4f6f8;border-radius:8px;padding:.6em 1em;min-width:9em}
+.num b{display:block;font-size:1.6em}.num span{color:#555;font-size:.9em}
+.warnbox{background:#fff4d6;border:2px solid #e0a800;border-radius:8px;padding:.7em 1em;font-weight:600}
+.okbox{background:#e8f6ec;border:1px solid #5cb85c;border-radius:8px;padding:.5em 1em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f0f0f0}td.r{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#1e7e34;font-weight:600}.warn{color:#b35c00;font-weight:700}.skip{color:#777}
+pre{background:#f6f8fa;border:1px solid #ddd;border-radius:6px;padding:.7em;overflow-x:auto;font-size:.88em}
+img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+ul.ev{margin:0;padding-left:1.1em;font-size:.9em}
+"""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _e(value: Any) -> str:
+    """Any value as escaped HTML text."""
+    return html.escape(str(value), quote=True)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}%"
+
+
+def _num(x: Any) -> str:
+    """A compact rendering of a number (or a list of numbers) from the results."""
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, (list, tuple)):
+        return "[" + ", ".join(_num(v) for v in x) + "]"
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in x.items()) + "}"
+    return str(x)
+
+
+def _name(attack: str) -> str:
+    return _NAMES.get(attack, attack)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """An HTML table; ``header`` is plain text (escaped here), ``rows`` hold cells that are already HTML."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='r'>{c}</td>" if i in right else f"<td>{c}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _Figures:
+    """Collects the report's figures: saves each as ``figures/<name>.png`` and returns its ``<figure>`` HTML."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: list[Path] = []
+
+    def new(self, width: float = 7.0, height: float = 4.2) -> Any:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        return fig
+
+    def embed(self, fig: Any, name: str, caption: str) -> str:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        png = buf.getvalue()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{name}.png"
+        _write_atomic(path, png)
+        self.written.append(path)
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return (f"<figure><img src='{uri}' alt='{_e(caption)}'>"
+                f"<figcaption>{_e(caption)} (also saved as {_e(FIGURES_DIR + '/' + path.name)})</figcaption></figure>")
+
+
+# --------------------------------------------------------------------------------------------- sections
+def _title(results: Mapping[str, Any]) -> str:
+    model = results.get("model", {}).get("name", "model")
+    data = results.get("data", {})
+    split = f" ({data['split']})" if "split" in data else ""
+    return f"adverse report: {model} on {data.get('name', 'data')}{split}"
+
+
+def _header(results: Mapping[str, Any]) -> str:
+    env = results.get("environment", {})
+    bits = [f"created {results['created']}" if "created" in results else "",
+            f"adverse {env['adverse']}" if "adverse" in env else "",
+            f"{results['n']:,} samples" if "n" in results else ""]
+    return f"<h1>{_e(_title(results))}</h1><p class='meta'>{_e(' · '.join(b for b in bits if b))}</p>"
+
+
+def _warned(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [c for c in results.get("checks", []) if c.get("status") == "warn"]
+
+
+def _summary_section(results: Mapping[str, Any]) -> str:
+    if "clean_accuracy" not in results:
+        return ""
+    cfg = results.get("config", {})
+    norm = _NORMS.get(cfg.get("norm", ""), cfg.get("norm", ""))
+    worst = results.get("worst_case", [])
+    n = results.get("n")
+    cards = [f"<div class='num'><b>{_pct(results['clean_accuracy'])}</b><span>clean accuracy</span></div>"]
+    cards += [f"<div class='num'><b>{_pct(w['robust_accuracy'])}</b><span>worst-case robust accuracy at "
+              f"ε={_e(_num(w['eps']))}</span></div>" for w in worst]
+    text = [f"On {_e(_num(n))} test samples the model classifies {_pct(results['clean_accuracy'])} correctly."]
+    if worst:
+        last = worst[-1]
+        attacks = ", ".join(_name(a) for a in last.get("attacks", []))
+        text.append(
+            f"When an attacker may change every input by at most ε={_e(_num(last['eps']))} ({_e(norm)} norm, in "
+            f"input units), only {_pct(last['robust_accuracy'])} of the samples are still classified correctly "
+            f"under every attack tried ({_e(attacks)}); the rest can be made wrong by a change that small."
+        )
+        text.append("These robust accuracies are upper bounds: a stronger attack can only lower them.")
+    warned = _warned(results)
+    if warned:
+        names = ", ".join(c.get("name", "?") for c in warned)
+        alert = (f"<p class='warnbox'>⚠ {len(warned)} sanity check(s) warn ({_e(names)}): the robust accuracies "
+                 "in this report may over-estimate the truth. See “Sanity checks” below.</p>")
+    elif results.get("checks"):
+        alert = "<p class='okbox'>No sanity check warns.</p>"
+    else:
+        alert = "<p class='meta'>The sanity checks (gradient masking) were not run for this audit.</p>"
+    return (f"<section id='summary'><h2>Summary</h2><div class='headline'>{''.join(cards)}</div>{alert}"
+            + "".join(f"<p>{t}</p>" for t in text) + "</section>")
+
+
+def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    rows = results.get("attacks", [])
+    if not rows:
+        return ""
+    fig = figs.new()
+    ax = fig.add_subplot(1, 1, 1)
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["attack"] == attack)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_name(attack))
+    worst = sorted((w["eps"], w["robust_accuracy"]) for w in results.get("worst_case", []))
+    if worst:
+        ax.plot([p[0] for p in worst], [p[1] for p in worst], marker="s", color="black", lw=2.5, label="worst case")
+    if "clean_accuracy" in results:
+        ax.axhline(results["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
+    norm = _NORMS.get(results.get("config", {}).get("norm", ""), "")
+    ax.set_xlabel(f"ε ({norm} budget, input units)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    img = figs.embed(fig, "robust_accuracy", "Robust accuracy against ε for each attack and the worst case")
+    return ("<section id='curves'><h2>Robust accuracy against ε</h2><p>Each curve shows the share of samples "
+            "still classified correctly when the attacker may perturb inputs by at most ε. Lower is less "
+            f"robust; the worst case counts a sample as fooled if any attack fooled it.</p>{img}</section>")
+
+
+def _evidence(evidence: Any) -> str:
+    if not isinstance(evidence, Mapping) or not evidence:
+        return ""
+    return "<ul class='ev'>" + "".join(f"<li>{_e(k)}: {_e(_num(v))}</li>" for k, v in evidence.items()) + "</ul>"
+
+
+def _checks_section(results: Mapping[str, Any]) -> str:
+    checks = results.get("checks", [])
+    if not checks:
+        return ""
+    cfg = results.get("config", {}).get("checks", {})
+    where = (f" at ε={_e(_num(cfg['eps']))} on {_e(_num(cfg['n']))} points" if "eps" in cfg and "n" in cfg else "")
+    rows = [[_e(c.get("name", "")), f"<span class='{_e(c.get('status', ''))}'>{_e(c.get('status', ''))}</span>",
+             _e(c.get("message", "")), _evidence(c.get("evidence"))] for c in checks]
+    return ("<section id='checks'><h2>Sanity checks</h2><p>Checks for gradient masking and other reasons an "
+            f"attack can fail for the wrong reason, run{where}. “warn” means the robust accuracies may be too "
+            "optimistic; “skip” means the check did not apply.</p>"
+            + _table(["check", "status", "what it found", "evidence"], rows) + "</section>")
+
+
+def _attacks_section(results: Mapping[str, Any]) -> str:
+    rows = results.get("attacks", [])
+    if not rows:
+        return ""
+    order = {a: i for i, a in enumerate(dict.fromkeys(r["attack"] for r in rows))}
+    rows = sorted(rows, key=lambda r: (order[r["attack"]], r["eps"]))
+    n = results.get("n")
+    body = [[_e(_name(r["attack"])), _e(_num(r.get("params", {}))), _e(_num(r["eps"])),
+             _pct(r["robust_accuracy"]), f"{_e(_num(r.get('robust')))} / {_e(_num(n))}", _pct(r.get("success_rate")),
+             _e(_num(r.get("forwards"))), _e(_num(r.get("backwards"))), _e(f"{r.get('seconds', 0.0):.2f}")]
+            for r in rows]
+    body += [["<b>worst case</b>", _e(", ".join(_name(a) for a in w.get("attacks", []))), _e(_num(w["eps"])),
+              f"<b>{_pct(w['robust_accuracy'])}</b>", f"{_e(_num(w.get('robust')))} / {_e(_num(n))}",
+              _pct(1 - w["robust_accuracy"]), "", "", ""] for w in results.get("worst_case", [])]
+    return ("<section id='attacks'><h2>Attacks × ε</h2><p>Robust accuracy, attack success rate (share of samples "
+            "misclassified, clean errors included) and the budget each attack spent: forward and backward passes "
+            "through the model, and seconds.</p>"
+            + _table(["attack", "parameters", "ε", "robust accuracy", "robust", "success rate", "forwards",
+                      "backwards", "seconds"], body, right=(2, 3, 4, 5, 6, 7, 8)) + "</section>")
+
+
+def _privacy_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    rows = results.get("privacy", {}).get("attacks", []) if isinstance(results.get("privacy"), Mapping) else []
+    if not rows:
+        return ""
+    fprs = list(dict.fromkeys(k for r in rows for k in r.get("tpr_at_fpr", {})))
+    img = ""
+    with_roc = [r for r in rows if r.get("roc")]
+    if with_roc:
+        fig = figs.new(5.5, 5.0)
+        ax = fig.add_subplot(1, 1, 1)
+        floor = 1.0 / max(max(int(r.get("n_nonmembers") or 1) for r in with_roc), 1)
+        ax.plot([floor, 1], [floor, 1], ls="--", color="gray", lw=0.8, label="chance")
+        for r in with_roc:
+            pts = [(f, t) for f, t in zip(r["roc"]["fpr"], r["roc"]["tpr"]) if f > 0 and t > 0]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['attack']} (AUC {r['auc']:.3f})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        img = figs.embed(fig, "privacy_roc", "Membership-inference ROC on log-log axes")
+
+    def with_ci(r: Mapping[str, Any], key: str, ci_key: str, fmt: Any) -> str:
+        ci = r.get("ci", {}).get(ci_key)
+        value = fmt(r.get(key) if key in r else r.get("tpr_at_fpr", {}).get(key))
+        return value + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+    body = [[_e(r["attack"]), _e(with_ci(r, "auc", "auc", lambda v: f"{v:.3f}")),
+             _e(with_ci(r, "balanced_accuracy", "balanced_accuracy", _pct)),
+             *[_e(with_ci(r, f, f"tpr@{f}", _pct)) if f in r.get("tpr_at_fpr", {}) else "" for f in fprs],
+             f"{_e(_num(r.get('n_members')))} / {_e(_num(r.get('n_nonmembers')))}",
+             "<br>".join(_e(w) for w in r.get("warnings", []))] for r in rows]
+    return ("<section id='privacy'><h2>Privacy: membership inference</h2><p>How well an attacker can tell whether "
+            "a sample was in the training data. What matters is the true-positive rate at a low false-positive "
+            "rate: an attack that confidently identifies even a few members is a real leak. Brackets hold "
+            "bootstrap confidence intervals.</p>" + img
+            + _table(["attack", "AUC", "balanced accuracy", *[f"TPR at FPR {f}" for f in fprs],
+                      "members / non-members", "warnings"], body) + "</section>")
+
+
+def _poisoning_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    rows = results.get("poisoning", {}).get("attacks", []) if isinstance(results.get("poisoning"), Mapping) else []
+    if not rows:
+        return ""
+    fig = figs.new()
+    ax = fig.add_subplot(1, 1, 1)
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        pts = sorted((r["poison_rate"], r["attack_success_rate"]) for r in rows if r["attack"] == attack)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack)
+    if all(r["poison_rate"] > 0 for r in rows):
+        ax.set_xscale("log")
+    ax.set_xlabel("poison rate (share of training data poisoned)")
+    ax.set_ylabel("attack success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    img = figs.embed(fig, "poisoning_asr", "Attack success rate against poison rate")
+    body = [[_e(r["attack"]), _e(_num(r["poison_rate"])), _e(_num(r.get("n_poison", ""))),
+             _pct(r["attack_success_rate"]), _pct(r.get("clean_accuracy"))] for r in rows]
+    return ("<section id='poisoning'><h2>Poisoning and backdoors</h2><p>The share of triggered test inputs the "
+            "poisoned model sends to the attacker's target, as more of the training data is poisoned; a "
+            "high success rate with unchanged clean accuracy is a stealthy backdoor.</p>" + img
+            + _table(["attack", "poison rate", "poisoned samples", "attack success rate", "clean accuracy"], body,
+                     right=(1, 2, 3, 4)) + "</section>")
+
+
+def _image(a: Any) -> Any:
+    """One image as (H, W) or (H, W, C) for imshow."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return a
+
+
+def _examples_section(examples: Mapping[str, Any] | None, figs: _Figures) -> str:
+    if examples is None:
+        return ""
+    import numpy as np
+
+    missing = [k for k in ("x", "x_adv", "y", "pred_adv") if k not in examples]
+    if missing:
+        raise InputError(f"examples lacks {missing}; pass a mapping with arrays x, x_adv, y and pred_adv")
+    x, x_adv = np.asarray(examples["x"]), np.asarray(examples["x_adv"])
+    y, pred = np.asarray(examples["y"]).reshape(-1), np.asarray(examples["pred_adv"]).reshape(-1)
+    k = min(len(x), MAX_EXAMPLES)
+    if x.shape != x_adv.shape or len(y) < k or len(pred) < k or k == 0:
+        raise InputError(f"examples: x {x.shape} and x_adv {x_adv.shape} must match, with a label and an "
+                         "adversarial prediction per image")
+    fig = figs.new(2.0 * k, 6.3)
+    for i in range(k):
+        clean, adv = _image(x[i]), _image(x_adv[i])
+        delta = adv - clean
+        scale = float(np.abs(delta).max()) or 1.0
+        panels = [
+            (clean, {"cmap": "gray", "vmin": 0, "vmax": 1}, f"clean, label {y[i]}"),
+            (adv, {"cmap": "gray", "vmin": 0, "vmax": 1}, f"adversarial → {pred[i]}"),
+            (delta if delta.ndim == 2 else 0.5 + delta / (2 * scale),
+             {"cmap": "seismic", "vmin": -scale, "vmax": scale} if delta.ndim == 2 else {},
+             f"change (±{scale:.3g})"),
+        ]
+        for row, (img, kw, title) in enumerate(panels):
+            ax = fig.add_subplot(3, k, row * k + i + 1)
+            ax.imshow(np.clip(img, 0, 1) if img is not delta else img, **kw)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    img = figs.embed(fig, "examples", "Clean inputs, adversarial inputs and the change between them")
+    return ("<section id='examples'><h2>Examples</h2><p>Top: clean inputs with their true label. Middle: the "
+            "adversarial inputs with the model's prediction. Bottom: the change, scaled to be visible (red "
+            f"brighter, blue darker).</p>{img}</section>")
+
+
+def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The ``adverse audit`` command line that reproduces the results (None when the CLI cannot express the
+    configuration) and the equivalent Python call."""
+    cfg, model, data = results.get("config", {}), results.get("model", {}), results.get("data", {})
+    attacks = cfg.get("attacks", {})
+    steps = {a: s["steps"] for a, s in attacks.items() if "steps" in s}
+    checks = "checks" in cfg
+    eps = ",".join(repr(float(e)) for e in cfg.get("eps", []))
+    py_args = [f"eps=({eps},)" if len(cfg.get("eps", [])) == 1 else f"eps=({eps})", f"norm={cfg.get('norm')!r}",
+               f"n={cfg.get('n')!r}", f"steps={steps!r}", f"attacks={tuple(attacks)!r}",
+               f"batch_size={cfg.get('batch_size')!r}", f"seed={cfg.get('seed')!r}", f"checks={checks}"]
+    if checks and "n" in cfg["checks"]:
+        py_args.append(f"check_n={cfg['checks']['n']!r}")
+    user = model.get("source") == "user"
+    py = ("import adverse\n"
+          + ("# model, data: the model and data that were audited\n" if user else "")
+          + f"result = adverse.evaluation.audit({'model, data, ' if user else ''}{', '.join(py_args)})")
+    from .audit import ATTACKS
+
+    expressible = (len(set(steps.values())) <= 1 and set(attacks) == set(ATTACKS) and cfg.get("batch_size") == 256
+                   and (not user or ("file" in model and "spec" in data)))
+    if not expressible:
+        return None, py
+    cli = ["adverse", "audit", "--eps", eps, "--norm", str(cfg.get("norm"))]
+    if cfg.get("n") is not None:
+        cli += ["--n", str(cfg["n"])]
+    if steps:
+        cli += ["--steps", str(next(iter(steps.values())))]
+    cli += ["--seed", str(cfg.get("seed"))]
+    if not checks:
+        cli.append("--no-checks")
+    if user:
+        cli += ["--model", str(model["file"])] + (["--arch", str(model["arch"])] if model.get("arch") else [])
+        cli += ["--data", str(data["spec"])]
+    return shlex.join(cli), py
+
+
+def _reproduce_section(results: Mapping[str, Any]) -> str:
+    if "config" not in results:
+        return ""
+    cli, py = _command(results)
+    cfg = results["config"]
+    parts = ["<section id='reproduce'><h2>Reproduce</h2>"]
+    if cli is not None:
+        parts.append(f"<p>Command line (seed {_e(cfg.get('seed'))}; add <code>--out DIR</code>):</p><pre>{_e(cli)}</pre>")
+    else:
+        parts.append("<p>This configuration has no exact command-line form; the Python call reproduces it.</p>")
+    parts.append(f"<p>Python:</p><pre>{_e(py)}</pre>")
+    parts.append(f"<h3>Configuration</h3><pre>{_e(json.dumps(cfg, indent=2))}</pre>")
+    info = [("model", _num(results.get("model", {}))), ("data", _num(results.get("data", {})))]
+    info += [(k, _num(v)) for k, v in results.get("environment", {}).items()]
+    budget = results.get("budget", {})
+    info += [(f"total {k}", _num(v)) for k, v in budget.items()]
+    info += [(f"seconds ({k})", f"{v:.2f}") for k, v in results.get("seconds", {}).items()]
+    info += [(k, _num(results[k])) for k in ("created", "schema_version") if k in results]
+    parts.append("<h3>Versions, budget and timing</h3>" + _table(["", "value"], [[_e(k), _e(v)] for k, v in info]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------- the report
+def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
+                  examples: Mapping[str, Any] | None = None) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) and ``out_dir/figures/*.png`` from ``results``.
+
+    Parameters
+    ----------
+    results : the dictionary ``results.json`` holds (:meth:`AuditResult.to_dict`), possibly with the optional
+        ``"privacy"`` and ``"poisoning"`` keys described in this module's docstring.
+    out_dir : the folder to write into (created if missing).
+    examples : optional mapping with numpy arrays ``x``, ``x_adv``, ``y``, ``pred_adv`` for an image grid.
+
+    Returns
+    -------
+    Path of ``report.html``. Both the HTML and the PNG files are written atomically.
+
+    Raises
+    ------
+    InputError : ``results`` is not a mapping, ``out_dir`` is an existing file, or ``examples`` is malformed.
+    """
+    if not isinstance(results, Mapping):
+        raise InputError(f"results must be the dictionary of results.json, got {type(results).__name__}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder; choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _Figures(out / FIGURES_DIR)
+    sections = [
+        _header(results),
+        _summary_section(results),
+        _curves_section(results, figs),
+        _checks_section(results),
+        _attacks_section(results),
+        _privacy_section(results, figs),
+        _poisoning_section(results, figs),
+        _examples_section(examples, figs),
+        _reproduce_section(results),
+    ]
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_e(_title(results))}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(s for s in sections if s) + "\n</body></html>\n")
+    path = out / REPORT_FILE
+    _write_atomic(path, page.encode("utf-8"))
+    return path
