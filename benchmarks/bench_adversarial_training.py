@@ -8,8 +8,9 @@ Modes
                       per sample and step counted by the trainer; ``bound`` = (fw + bw) / 2, the cost in standard
                       steps if every pass cost as much as a training pass (input-only backward passes are cheaper,
                       so the measured ratio should stay below it); ``ratio`` = epoch time / standard epoch time.
-``--robustness``      full-size PGD-AT and TRADES (``--epochs``, K = ``--steps``), early stopping on PGD-10 robust
-                      accuracy of 200 held-out training digits, then APGD-CE (100 steps) and APGD-DLR on the 540 test
+``--robustness``      full-size PGD-AT and TRADES (``--epochs``, K = ``--steps``), training budget ``--train-eps``
+                      (default 0.2), early stopping on PGD-10 robust accuracy (at that budget) of 200 held-out
+                      training digits, then APGD-CE (100 steps) and APGD-DLR on the 540 test
                       digits at L∞ 0.2; the undefended ``digits-cnn`` for reference.
 ``--preprocessing``   the undefended CNN behind each preprocessor: naive (exact) gradients vs BPDA, and single-draw
                       vs EOT gradients for the randomized ones.
@@ -94,7 +95,7 @@ def evaluate(model: nn.Module, test: Dataset) -> dict[str, float]:
             "worst": worst}
 
 
-def bench_robustness(epochs: int, steps: int) -> None:
+def bench_robustness(epochs: int, steps: int, methods: list[str], train_eps: float) -> None:
     full, test = digits("train"), digits("test")
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
     val_idx, tr_idx = perm[:200], perm[200:]
@@ -102,16 +103,16 @@ def bench_robustness(epochs: int, steps: int) -> None:
     val = Dataset(full.x[val_idx], full.y[val_idx], "digits", 10)
     print(f"train {len(train)} / validation {len(val)} / test {len(test)} digits; L∞ eps 0.2; APGD 100 steps, 1 restart")
     row = evaluate(pretrained("digits-cnn"), test)
-    print(f"{'undefended digits-cnn':34s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
-    for method in ("pgd", "trades"):
+    print(f"{'undefended digits-cnn':40s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    for method in methods:
         m = fresh(0)
         t0 = time.perf_counter()
-        res = adversarial_training(m, train, method, eps=0.2, steps=steps, epochs=epochs, validation=val,
+        res = adversarial_training(m, train, method, eps=train_eps, steps=steps, epochs=epochs, validation=val,
                                    val_steps=10, seed=0)
         secs = time.perf_counter() - t0
         row = evaluate(m, test)
         last = res.history[-1]["val_robust_accuracy"]
-        print(f"{method + f' K={steps}, {epochs} ep, best ep {res.best_epoch}':34s} "
+        print(f"{method + f' ε={train_eps:g} K={steps}, {epochs} ep, best ep {res.best_epoch}':40s} "
               + "  ".join(f"{k} {v:.3f}" for k, v in row.items())
               + f"  (val PGD-10 best {max(h['val_robust_accuracy'] for h in res.history):.3f}, last {last:.3f};"
                 f" {secs:.0f} s)", flush=True)
@@ -207,13 +208,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--reg-epochs", type=int, default=15)
+    ap.add_argument("--methods", default="pgd,trades", help="--robustness: comma-separated methods")
+    ap.add_argument("--train-eps", type=float, default=0.2, help="--robustness: the training budget (tests at 0.2)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}; "
           f"torch.get_num_threads() = {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     if a.robustness:
-        bench_robustness(a.epochs, a.steps)
+        bench_robustness(a.epochs, a.steps, a.methods.split(","), a.train_eps)
     if a.regularization:
         bench_regularization(a.reg_epochs)
     if a.preprocessing:
