@@ -2,7 +2,8 @@
 
 ``adverse audit`` audits a model's robustness (with no model given, the bundled digits CNN on the bundled digits
 test split), shows a progress bar while the attacks run and a table at the end, and writes
-``DIR/results.json``. ``--json`` prints the same JSON to standard output and nothing else there.
+``DIR/results.json`` and ``DIR/report.html``; ``adverse report`` re-renders the report from a results.json.
+``--json`` prints the same JSON to standard output and nothing else there.
 
 Exit codes: 0 success; 2 bad usage or an input problem (the message says what to fix); 1 an unexpected error;
 130 interrupted.
@@ -142,7 +143,7 @@ def audit(
 
     With no model, audits the bundled digits CNN (trained once, ~10 s, then cached) on the bundled digits test split.
 
-    Writes OUT/results.json.
+    Writes OUT/results.json and OUT/report.html (with its figures in OUT/figures/).
     """
     from .errors import AdverseError
 
@@ -155,6 +156,9 @@ def audit(
         loaded = _load(model, arch, data, trust_pickle)
         result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, out, err)
         path = result.save(out)
+        from .evaluation.report import render_report
+
+        report_path = render_report(result.to_dict(), out)
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
@@ -174,6 +178,7 @@ def audit(
     if as_json:
         sys.stdout.write(result.to_json())
         sys.stdout.flush()
+        err.print(f"Report written to {escape(str(report_path))}")
         return
     con = _stdout()
     con.print(_table(result))
@@ -187,6 +192,36 @@ def audit(
                       "the truth.[/]")
     con.print(f"Results written to [bold]{escape(str(path))}[/] "
               f"({result.seconds['total']:.1f} s, seed {result.config['seed']}).")
+    con.print(f"Report written to [bold]{escape(str(report_path))}[/].")
+
+
+@app.command()
+def report(
+    results_json: Annotated[Path, typer.Argument(help="A results.json written by adverse audit (or its folder).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for report.html and figures/.",
+                                  show_default="the folder holding RESULTS_JSON")
+    ] = None,
+) -> None:
+    """Render report.html (and figures/*.png) from a results.json."""
+    import json
+
+    from .errors import AdverseError
+    from .evaluation.audit import RESULTS_FILE, AuditResult
+    from .evaluation.report import render_report
+
+    err = _stderr()
+    src = results_json / RESULTS_FILE if results_json.is_dir() else results_json
+    try:
+        AuditResult.load(src)  # validates: JSON object, schema_version, required fields
+        path = render_report(json.loads(src.read_text(encoding="utf-8")), out if out is not None else src.parent)
+    except AdverseError as e:
+        err.print(f"[bold red]Error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    except OSError as e:
+        err.print(f"[bold red]Error:[/] cannot write the report: {escape(e.strerror or str(e))}")
+        raise typer.Exit(2) from None
+    _stdout().print(f"Report written to [bold]{escape(str(path))}[/].")
 
 
 def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: bool) -> tuple[Any, Any, dict]:
