@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_poisoning import _same_state, _state, badnets_model, cnn_train_fn, digits_test
+from test_poisoning import _one_thread, _same_state, _state, badnets_model, cnn_train_fn, digits_test  # noqa: F401
 from torch import nn
 
 from adverse.data import Dataset
 from adverse.defenses import activation_clustering, fine_pruning, neural_cleanse, spectral_signatures, strip
 from adverse.errors import InputError
 from adverse.poisoning import backdoor_metrics, detection_quality, retrain
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _split() -> tuple[Dataset, Dataset]:

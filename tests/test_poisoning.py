@@ -337,3 +337,36 @@ def test_public_names():
     for name in ("badnets", "blended", "wanet", "clean_label", "feature_collision", "gradient_matching",
                  "label_flip", "PoisonedData"):
         assert callable(getattr(adv.poisoning, name))
+
+
+class _Constant(torch.nn.Module):
+    """Always predicts class ``c``: the metrics' oracle."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.full((x.shape[0],), self.c), 10).float()
+
+
+def test_metrics_oracle():
+    from adverse.poisoning import attack_success_rate, targeted_evaluation
+
+    te = digits_test()
+    pd = badnets(digits_train(), target=2, rate=0.01, seed=0)
+    assert attack_success_rate(_Constant(2), pd, te.x, te.y) == 1.0
+    assert attack_success_rate(_Constant(5), pd, te.x, te.y) == 0.0
+    assert attack_success_rate(_Constant(2), pd, te.x, te.y, source=7) == 1.0
+    m = backdoor_metrics(_Constant(5), pd, te)
+    assert m["robust_accuracy"] == pytest.approx(float((te.y[te.y != 2] == 5).float().mean()))
+    assert m["clean_accuracy"] == pytest.approx(float((te.y == 5).float().mean()))
+    target = te.x[0]
+    fake = PoisonedData(pd.x, pd.y, pd.indices, "gradient_matching", {"eps": 0.1}, 10, pd.y_clean, (0.0, 1.0), None,
+                        {"x": target[None], "adv_label": torch.tensor([4]), "x_clean": digits_train().x[pd.indices]})
+    out = targeted_evaluation(lambda d, s: _Constant(4), [fake, fake])
+    assert out["success_rate"] == 1.0 and out["control_rate"] == 1.0
+    assert targeted_evaluation(lambda d, s: _Constant(3), [fake])["success_rate"] == 0.0
+    ctrl = random_noise_control(fake, seed=0)
+    delta = (ctrl.x - digits_train().x)[fake.indices]
+    assert delta.abs().max() <= 0.1 + 1e-6 and (ctrl.x[~fake.is_poison] == pd.x[~fake.is_poison]).all()
