@@ -36,6 +36,7 @@ import statistics
 import time
 
 import torch
+from bench_pgd import cpu_model  # this folder is on sys.path when the script runs
 from torch import nn
 
 from adverse.data import Dataset, digits
@@ -43,7 +44,6 @@ from adverse.defenses import adversarial_training
 from adverse.defenses.regularization import certified_radius, regularized_training
 from adverse.evasion import apgd, pgd
 from adverse.zoo import SmallCNN, pretrained
-from bench_pgd import cpu_model  # this folder is on sys.path when the script runs
 
 
 def fresh(seed: int = 0, dropout: float = 0.0) -> nn.Module:

@@ -6,19 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TinyNet, linear_problem
 from torch import nn
 
 from adverse.data import Dataset, digits
 from adverse.defenses import adversarial_step, adversarial_training
 from adverse.defenses._at import maximize
-from adverse.defenses.regularization import (LipschitzBound, certified_radius, input_gradient_loss,
-                                             regularized_training)
-from adverse.defenses.training import (StepResult, make_config, mart_loss, train_loop, trades_loss)
+from adverse.defenses.regularization import (
+    LipschitzBound,
+    certified_radius,
+    input_gradient_loss,
+    regularized_training,
+)
+from adverse.defenses.training import StepResult, make_config, mart_loss, trades_loss, train_loop
 from adverse.errors import AdverseError, InputError, ModelError
 from adverse.models import Counted
 from adverse.zoo import MLP, SmallCNN
-
-from conftest import TinyNet, linear_problem
 
 
 @pytest.fixture(scope="module", autouse=True)

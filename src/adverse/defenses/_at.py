@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
+from ..evasion._core import ascent_direction
 from ..models import Counted
 from ..threat import check_norm, clip_to_box, linf_box, project, random_in_ball
-from ..evasion._core import ascent_direction
 
 Tensor = torch.Tensor
 INITS = ("zero", "uniform", "normal")

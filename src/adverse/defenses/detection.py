@@ -150,7 +150,7 @@ class Detector:
         with torch.no_grad():
             s = self.score(x_clean)
         m = s.numel()
-        allowed = int(math.floor(self.fpr * m + 1e-9))
+        allowed = math.floor(self.fpr * m + 1e-9)
         srt = s.sort().values
         self.threshold_ = float(srt[m - allowed - 1])
         self.realised_fpr_ = int((s > self.threshold_).sum()) / m
@@ -183,7 +183,7 @@ class Detector:
         if x_cal is not None:
             check_inputs(x_cal, torch.zeros(x_cal.shape[0], dtype=torch.long), (-math.inf, math.inf))
             return x, (labels if y is not None else None), x_cal
-        n_cal = int(round(self.calibration * x.shape[0]))
+        n_cal = round(self.calibration * x.shape[0])
         if n_cal < 20 or x.shape[0] - n_cal < 20:
             raise InputError(f"need at least 20 clean inputs for fitting and 20 for calibration, got {x.shape[0]} "
                              "in all; pass more clean data or x_calibration")
@@ -387,6 +387,42 @@ class LID(Detector):
 
 
 # ----------------------------------------------------------------------------------- evaluation
+class _Remembering(nn.Module):
+    """The model, remembering the input of its last forward pass (for the detector term of an adaptive loss)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.last: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.last = x
+        return self.model(x)
+
+
+def _adaptive_pgd(detector: Detector, model: nn.Module, x: Tensor, y: Tensor, w: float, *, eps: float, norm: str,
+                  steps: int, kappa: float, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """One adaptive run of :func:`attack_detector` at penalty weight ``w``."""
+    tau, scale = detector.threshold_, detector.score_scale_
+    wrapped = _Remembering(model)
+    best, done = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def loss_fn(z: Tensor) -> Tensor:
+        return margin_loss(z, y).clamp(max=kappa) - w * ((detector.score(wrapped.last) - tau) / scale).clamp_min(0)
+
+    def track(xk: Tensor, logits: Tensor) -> None:
+        nonlocal best, done
+        with torch.no_grad():
+            ok = (logits.argmax(dim=1) != y) & ~detector.predict(xk) & ~done
+        best = torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), xk.detach(), best)
+        done = done | ok
+
+    with attack_mode(model):
+        last = maximize(Counted(wrapped), x, loss_fn, eps=eps, norm=norm, steps=steps, alpha=2.5 * eps / steps,
+                        bounds=bounds, generator=generator, init="uniform", on_iterate=track)
+    return torch.where(done.reshape(-1, *([1] * (x.dim() - 1))), best, last)
+
+
 def attack_detector(detector: Detector, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
                     steps: int = 50, weights: Sequence[float] = (0.3, 1.0, 3.0), kappa: float = 1.0,
                     bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> dict[str, Tensor]:
@@ -414,34 +450,11 @@ def attack_detector(detector: Detector, model: nn.Module, x: Tensor, y: Tensor, 
         raise InputError(f"steps must be an integer ≥ 1, got {steps!r}")
     out = {"oblivious": pgd(model, x, y, eps=e, norm=norm, steps=steps, bounds=bounds, seed=seed).x_adv}
     g, _ = make_generator(seed, x.device)
-    tau, scale = detector.threshold_, detector.score_scale_
     for w in weights:
         if not w >= 0:
             raise InputError(f"weights must be ≥ 0, got {w!r}")
-        best = x.clone()
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-
-        holder: list[Tensor] = []  # the input the model saw last, for the detector term
-
-        def loss_fn(z: Tensor, w: float = w) -> Tensor:
-            return margin_loss(z, y).clamp(max=kappa) - w * ((detector.score(holder[-1]) - tau) / scale).clamp_min(0)
-
-        def track(xk: Tensor, logits: Tensor) -> None:
-            nonlocal best, done
-            with torch.no_grad():
-                ok = (logits.argmax(dim=1) != y) & ~detector.predict(xk) & ~done
-            best = torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), xk.detach(), best)
-            done = done | ok
-
-        class _Scored(nn.Module):  # the model, with the input it saw stored for the detector term
-            def forward(self, xk: Tensor) -> Tensor:
-                holder[:] = [xk]
-                return model(xk)
-
-        with attack_mode(model):
-            last = maximize(Counted(_Scored()), x, loss_fn, eps=e, norm=norm, steps=steps,
-                            alpha=2.5 * e / steps, bounds=bounds, generator=g, init="uniform", on_iterate=track)
-        out[f"adaptive-w{w:g}"] = torch.where(done.reshape(-1, *([1] * (x.dim() - 1))), best, last)
+        out[f"adaptive-w{w:g}"] = _adaptive_pgd(detector, model, x, y, w, eps=e, norm=norm, steps=steps,
+                                               kappa=kappa, bounds=bounds, generator=g)
     return out
 
 

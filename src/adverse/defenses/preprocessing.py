@@ -49,11 +49,11 @@ class _Identity(torch.autograd.Function):
     with ``g(x) = x``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor) -> Tensor:  # noqa: ARG004
+    def forward(ctx, x: Tensor, t: Tensor) -> Tensor:
         return t.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ARG004
+    def backward(ctx, grad: Tensor):
         return grad, None
 
 

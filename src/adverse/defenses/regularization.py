@@ -26,7 +26,14 @@ from torch import nn
 from ..data import Dataset
 from ..errors import InputError, ModelError
 from ..threat import check_norm, dual_norm, lp_norm
-from .training import StepResult, TrainingResult, check_dataset, optimizer_step, robust_accuracy, train_loop
+from .training import (
+    StepResult,
+    TrainingResult,
+    check_dataset,
+    optimizer_step,
+    robust_accuracy_on,
+    train_loop,
+)
 
 Tensor = torch.Tensor
 METHODS = ("input-gradient", "lipschitz-margin", "standard")
@@ -244,8 +251,7 @@ def regularized_training(
         if val_eps is None:
             raise InputError("early stopping needs val_eps, the budget of the validation attack")
         xv, yv, _ = check_dataset(validation, b)
-        evaluate = lambda: robust_accuracy(model, xv, yv, eps=val_eps, norm=norm, steps=val_steps, bounds=b,  # noqa: E731
-                                           seed=seed)
+        evaluate = robust_accuracy_on(model, xv, yv, eps=val_eps, norm=norm, steps=val_steps, bounds=b, seed=seed)
 
     def step(xb: Tensor, yb: Tensor, opt: torch.optim.Optimizer, g: torch.Generator) -> StepResult:
         return regularized_step(model, (xb, yb), opt, method=method, lam=lam, eps=eps, norm=norm, bound=bound)
@@ -259,5 +265,11 @@ def regularized_training(
     return res
 
 
-__all__ = ["input_gradient_loss", "lipschitz_margin_loss", "LipschitzBound", "certified_radius",
-           "regularized_step", "regularized_training"]
+__all__ = [
+    "LipschitzBound",
+    "certified_radius",
+    "input_gradient_loss",
+    "lipschitz_margin_loss",
+    "regularized_step",
+    "regularized_training",
+]

@@ -337,6 +337,13 @@ def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm:
     return pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed).robust_accuracy
 
 
+def robust_accuracy_on(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, steps: int,
+                      bounds: tuple[float, float], seed: int = 0) -> Callable[[], float]:
+    """A callable measuring :func:`robust_accuracy` of ``model`` on fixed points (for early stopping and the
+    catastrophic-overfitting monitor)."""
+    return lambda: robust_accuracy(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+
+
 def check_dataset(data: Any, bounds: tuple[float, float] | None) -> tuple[Tensor, Tensor, tuple[float, float]]:
     if not isinstance(data, Dataset):
         if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -516,13 +523,11 @@ def adversarial_training(
     evaluate = mon = None
     if validation is not None:
         xv, yv, _ = check_dataset(validation, b)
-        evaluate = lambda: robust_accuracy(model, xv, yv, eps=c.eps, norm=c.norm, steps=val_steps, bounds=b,  # noqa: E731
-                                           seed=seed)
+        evaluate = robust_accuracy_on(model, xv, yv, eps=c.eps, norm=c.norm, steps=val_steps, bounds=b, seed=seed)
     if monitor:
         pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed) + 1))[:monitor_size]
         xm, ym = x[pick.to(x.device)], y[pick.to(x.device)]
-        mon = lambda: robust_accuracy(model, xm, ym, eps=c.eps, norm=c.norm, steps=val_steps, bounds=b,  # noqa: E731
-                                      seed=seed)
+        mon = robust_accuracy_on(model, xm, ym, eps=c.eps, norm=c.norm, steps=val_steps, bounds=b, seed=seed)
     loss_fn = LOSSES[c.method]
 
     def step(xb: Tensor, yb: Tensor, opt: torch.optim.Optimizer, g: torch.Generator) -> StepResult:
