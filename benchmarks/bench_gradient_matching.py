@@ -2,7 +2,7 @@
 
 For each of ``--targets`` test images (correctly classified by both the attacker's surrogate and a clean
 victim), crafts poisons with :func:`adverse.poisoning.gradient_matching` toward the surrogate's runner-up class,
-retrains a victim SmallCNN from scratch (a different seed from the surrogate) on the poisoned set and on the
+retrains a victim SmallCNN from scratch (a different seed from the surrogates) on the poisoned set and on the
 random-noise control (same images, same L∞ budget of random sign noise), and prints:
 
 * seconds per target and per poison for crafting, and the ratio of crafting time to one forward+backward pass
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--ensemble", type=int, default=1, help="surrogates (seeds seed, seed+2, seed+3, ...)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,6 +53,7 @@ def main() -> None:
         return train_classifier(model, data, epochs=args.epochs, seed=seed)
 
     surrogate, victim_clean = train_fn(tr, args.seed), train_fn(tr, args.seed + 1)
+    ensemble = [surrogate] + [train_fn(tr, args.seed + 1 + k) for k in range(1, args.ensemble)]
     with torch.no_grad():
         logits = surrogate(te.x)
         ok = (logits.argmax(1) == te.y) & (victim_clean(te.x).argmax(1) == te.y)
@@ -68,7 +70,7 @@ def main() -> None:
     surrogate.zero_grad(set_to_none=True)
     fb_s = sorted(fb)[len(fb) // 2]
     print(f"data: digits, {len(tr)} training images; {n_poison} poisons ({args.rate:.0%}), eps {args.eps}, "
-          f"steps {args.steps}, restarts {args.restarts}; victim SmallCNN {args.epochs} epochs, seed {args.seed + 1}")
+          f"steps {args.steps}, restarts {args.restarts}, ensemble {args.ensemble}; victim SmallCNN {args.epochs} epochs, seed {args.seed + 1}")
     print(f"one forward+backward on the {n_poison}-image poison batch: {fb_s * 1e3:.2f} ms (median of 20)")
     print(f"{'target':>6} {'label':>5} {'adv':>3} {'align':>6} {'craft s':>8} {'s/poison':>8} {'ratio':>7} "
           f"{'success':>7} {'control':>7}")
@@ -77,7 +79,7 @@ def main() -> None:
         z = logits[i].clone()
         z[te.y[i]] = -float("inf")
         adv = int(z.argmax())
-        pd = gradient_matching(surrogate, tr, te.x[i], adv_label=adv, y_target=int(te.y[i]), rate=args.rate,
+        pd = gradient_matching(ensemble, tr, te.x[i], adv_label=adv, y_target=int(te.y[i]), rate=args.rate,
                                eps=args.eps, steps=args.steps, restarts=args.restarts, seed=args.seed + i)
         sec = pd.params["seconds"]
         hit = bool(targeted_success(retrain(train_fn, pd, seed=args.seed + 1), pd))
@@ -87,7 +89,7 @@ def main() -> None:
         hits.append(hit)
         ctrl.append(miss)
         print(f"{i:>6} {int(te.y[i]):>5} {adv:>3} {pd.params['alignment']:>6.3f} {sec:>8.2f} {sec / n_poison:>8.3f} "
-              f"{sec / fb_s:>7.0f} {str(hit):>7} {str(miss):>7}", flush=True)
+              f"{sec / fb_s:>7.0f} {hit!s:>7} {miss!s:>7}", flush=True)
     mean = sum(crafted) / len(crafted)
     print(f"crafting: {mean:.2f} s per target, {mean / n_poison:.3f} s per poison, {mean / fb_s:.0f} × one "
           f"forward+backward ({mean / fb_s / (args.steps * args.restarts):.2f} per step)")

@@ -23,7 +23,8 @@ from ..errors import InputError
 from ..evasion._core import check_inputs
 from ..models import attack_mode
 from ..poisoning._common import check_data, check_rate, features, resolve_layer
-from ..poisoning.metrics import clean_accuracy, detection_quality
+from ..poisoning.data import PoisonedData
+from ..poisoning.metrics import TrainFn, backdoor_metrics, clean_accuracy, detection_quality, retrain
 
 
 @dataclass
@@ -40,6 +41,16 @@ class PoisonScores:
     def evaluate(self, is_poison: torch.Tensor, *, fpr: float = 0.05) -> dict:
         """AUROC, TPR at ``fpr`` and the decision's TPR/FPR against the true poison mask."""
         return detection_quality(self.scores, is_poison, fpr=fpr, flagged=self.flagged)
+
+    def outcome(self, train_fn: TrainFn, poisoned: PoisonedData, test: Dataset, *, fpr: float = 0.05,
+                seed: int = 0) -> dict:
+        """End to end: detection quality against ``poisoned.is_poison``, then the backdoor metrics (clean
+        accuracy, ASR, ...) of a model retrained by ``train_fn(dataset, seed)`` without the flagged samples."""
+        if self.flagged.shape != (len(poisoned),):
+            raise InputError(f"these scores cover {self.flagged.shape[0]} samples, the poisoned set {len(poisoned)}")
+        model = retrain(train_fn, poisoned, keep=~self.flagged, seed=seed)
+        return {"detection": self.evaluate(poisoned.is_poison, fpr=fpr),
+                "after_removal": backdoor_metrics(model, poisoned, test)}
 
 
 def _class_features(model: nn.Module, data: Dataset, layer: str | nn.Module | None) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,7 @@ def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm:
 
 
 def gradient_matching(
-    model: nn.Module, data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
+    model: nn.Module | Sequence[nn.Module], data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
     rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1,
     selection: str = "gradient", seed: int = 0,
 ) -> PoisonedData:
@@ -167,7 +168,9 @@ def gradient_matching(
 
     Parameters
     ----------
-    model : the attacker's trained surrogate; a private copy is differentiated, ``model`` is left as found.
+    model : the attacker's trained surrogate, or a list of surrogates (an ensemble: ``B`` is averaged over
+        them, which the paper finds transfers better to a victim trained from scratch); private copies are
+        differentiated, the models are left as found.
     data : the clean training set the poisons are drawn from and inserted into.
     x_target : the test input to attack, shape (c, h, w) or (1, c, h, w).
     adv_label : the class the victim should give the target.
@@ -194,14 +197,27 @@ def gradient_matching(
     if steps < 1 or restarts < 1:
         raise InputError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
     start = time.perf_counter()
-    net, params = _frozen_copy(model)
+    nets = [_frozen_copy(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+    if not nets:
+        raise InputError("model must be a module or a non-empty list of modules")
     t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed,
-                                          net if selection == "gradient" else None)
+                                          nets[0][0] if selection == "gradient" else None)
     x, y = data.x[idx], data.y[idx]
     n = x.shape[0]
     lower, upper = linf_box(x, torch.full((n,), eps, dtype=x.dtype), data.bounds)
-    g_t = [g.detach() for g in _flat_grad(F.cross_entropy(net(t), torch.tensor([adv_label])), params, False)]
-    g_t_norm = torch.sqrt(sum(g.pow(2).sum() for g in g_t))
+    y_adv = torch.tensor([adv_label])
+    target_grads = []
+    for net, params in nets:
+        g_t = [g.detach() for g in _flat_grad(F.cross_entropy(net(t), y_adv), params, False)]
+        target_grads.append((g_t, torch.sqrt(sum(g.pow(2).sum() for g in g_t))))
+
+    def mismatch(x_p: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        losses = [
+            _cosine_mismatch(_flat_grad(F.cross_entropy(net(x_p), y, reduction="sum"), params, create_graph), g_t, nt)
+            for (net, params), (g_t, nt) in zip(nets, target_grads)
+        ]
+        return torch.stack(losses).mean()
+
     gen = torch.Generator().manual_seed(int(seed))
     best_delta, best_loss = torch.zeros_like(x), float("inf")
     milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
@@ -211,22 +227,19 @@ def gradient_matching(
         opt = torch.optim.Adam([delta], lr=tau * eps)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         for _ in range(steps):
-            g_p = _flat_grad(F.cross_entropy(net(x + delta), y, reduction="sum"), params, True)
-            loss = _cosine_mismatch(g_p, g_t, g_t_norm)
-            (grad,) = torch.autograd.grad(loss, delta)
+            (grad,) = torch.autograd.grad(mismatch(x + delta, True), delta)
             opt.zero_grad(set_to_none=True)
             delta.grad = grad.sign()
             opt.step()
             sched.step()
             with torch.no_grad():
                 delta.copy_(clip_to_box(delta, lower, upper))
-        with torch.no_grad():
-            delta = delta.detach()
-        g_p = _flat_grad(F.cross_entropy(net(x + delta), y, reduction="sum"), params, False)
-        final = float(_cosine_mismatch(g_p, g_t, g_t_norm))
+        delta = delta.detach()
+        final = float(mismatch(x + delta, False).detach())
         if final < best_loss:
             best_loss, best_delta = final, delta
     params_out = {"adv_label": adv_label, "y_target": y_target, "rate": rate, "eps": eps, "steps": steps,
-                  "restarts": restarts, "tau": tau, "selection": selection, "seed": seed, "alignment": 1 - best_loss,
+                  "restarts": restarts, "tau": tau, "selection": selection, "ensemble": len(nets), "seed": seed,
+                  "alignment": 1 - best_loss,
                   "seconds": time.perf_counter() - start}
     return _result(data, idx, x + best_delta, "gradient_matching", params_out, t, y_target, adv_label)
