@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     ap.add_argument("--refs", type=int, default=10, help="models per setting (target + partner + references)")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--clip", type=float, default=1.0)
