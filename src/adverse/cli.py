@@ -138,6 +138,14 @@ def audit(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow unpickling a model file (it can run arbitrary code).")
     ] = False,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where attack batches run: local, or ray (pip install 'adverse[ray]').")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="A running Ray cluster (host:port or ray://host:port).",
+                     show_default="a local Ray instance"),
+    ] = None,
 ) -> None:
     """Audit robustness: clean accuracy, and robust accuracy under FGSM, PGD and APGD-CE at each eps.
 
@@ -154,7 +162,8 @@ def audit(
             raise AdverseError(f"--out {out} exists and is not a folder; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
         loaded = _load(model, arch, data, trust_pickle)
-        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, out, err)
+        runner = _executor(executor, ray_address)
+        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, out, runner, err)
         path = result.save(out)
         from .evaluation.report import render_report
 
@@ -224,6 +233,20 @@ def report(
     _stdout().print(f"Report written to [bold]{escape(str(path))}[/].")
 
 
+def _executor(name: str, address: str | None) -> Any:
+    from .errors import AdverseError
+
+    if name not in ("local", "ray"):
+        raise AdverseError(f"unknown --executor {name!r}; use local or ray")
+    if address is not None and name != "ray":
+        raise AdverseError("--ray-address needs --executor ray")
+    if name == "local":
+        return None
+    from .execution import RayExecutor
+
+    return RayExecutor(address)
+
+
 def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: bool) -> tuple[Any, Any, dict]:
     """The user's model and data (None, None for the bundled default), and what to record about them."""
     from .errors import AdverseError
@@ -242,7 +265,7 @@ def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: 
 
 
 def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, seed: int, threads: int | None,
-               checks: bool, loaded: tuple[Any, Any, dict], out: Path, err: Console) -> AuditResult:
+               checks: bool, loaded: tuple[Any, Any, dict], out: Path, runner: Any, err: Console) -> AuditResult:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -272,7 +295,7 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
 
         net, dataset, info = loaded
         result = audit(net, dataset, eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks,
-                       state_dir=out, progress=progress)
+                       state_dir=out, executor=runner, progress=progress)
         if info:
             result.model.update(file=info["file"], arch=info["arch"])
             result.data.update(spec=info["data"])

@@ -1,4 +1,4 @@
-"""Where work runs: in-process by default; a Ray executor plugs into the same interface later.
+"""Where work runs: in-process by default, or on a Ray cluster (``executor="ray"`` or a :class:`RayExecutor`).
 
 An executor maps a function over a list of *tasks*. Every task carries its own integer seed, and
 :func:`run_seeded` runs it with torch's global generator forked and seeded from that seed, so a task's
@@ -11,13 +11,18 @@ Usage::
 
     from adverse.execution import Task, map_tasks, spawn_seeds
     seeds = spawn_seeds(0, 4)
-    out = map_tasks(fn, [Task(i, s, payload) for i, s in enumerate(seeds)], executor=None)  # or "local"
+    out = map_tasks(fn, [Task(i, s, payload) for i, s in enumerate(seeds)], executor=None)  # or "local", "ray"
+
+Ray is an optional extra (``pip install adverse[ray]``). :class:`RayExecutor` connects to a running cluster by
+address, or starts a local instance on first use; each task becomes a Ray task (retried by Ray if its worker
+dies), and results come back in the order of the tasks, whichever worker ran them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,7 +31,7 @@ import torch
 
 from .errors import InputError
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -70,25 +75,104 @@ class LocalExecutor:
 
     name = "local"
 
+    def imap(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> Iterator[Any]:
+        """``fn(t)`` for each task, yielded as each finishes (so callers can save progress task by task)."""
+        for t in tasks:
+            yield fn(t)
+
     def map(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> list[Any]:
         """``[fn(t) for t in tasks]``."""
-        return [fn(t) for t in tasks]
+        return list(self.imap(fn, tasks))
 
     def __repr__(self) -> str:
         return "LocalExecutor()"
 
 
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise :class:`InputError` within ``timeout`` seconds when nothing listens at a Ray ``address``
+    (``host:port`` or ``ray://host:port``); ``ray.init`` itself may wait much longer before giving up."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(f"a Ray address looks like host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"cannot reach a Ray cluster at {address} within {timeout:g} s ({e}); start one with "
+            "`ray start --head`, check the address, or leave the address out to start a local instance"
+        ) from e
+
+
+class RayExecutor:
+    """Runs each task as a Ray task (Ray retries a task whose worker dies, up to ``max_retries`` times).
+
+    Parameters
+    ----------
+    address : a running cluster (``host:port``, ``ray://host:port`` or ``"auto"``); None starts a local
+        instance on first use (or uses the one this process already started with ``ray.init``).
+    num_cpus : CPUs of a local instance (None: all); each task takes one CPU and so one torch thread.
+    max_retries : how often Ray re-runs a task whose worker process died.
+    timeout : seconds to wait for ``address`` to answer before raising :class:`InputError`.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, max_retries: int = 3,
+                 timeout: float = 5.0) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.max_retries = max_retries
+        self.timeout = timeout
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError as e:
+            raise InputError("the Ray executor needs Ray: pip install 'adverse[ray]'") from e
+        if not ray.is_initialized():
+            if self.address not in (None, "auto"):
+                check_reachable(self.address, self.timeout)
+            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return ray
+
+    def imap(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> Iterator[Any]:
+        """Submit every task at once; yield the results in the order of ``tasks`` as they arrive."""
+        ray = self._ray()
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_call)
+        fn_ref = ray.put(fn)  # shipped once, not once per task
+        refs = [remote.remote(fn_ref, t) for t in tasks]
+        for ref in refs:
+            yield ray.get(ref)
+
+    def map(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> list[Any]:
+        return list(self.imap(fn, tasks))
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r})"
+
+
+def _call(fn: Callable[[Task], Any], task: Task) -> Any:
+    """What a Ray worker runs: one task, each worker on one torch thread."""
+    torch.set_num_threads(1)
+    return fn(task)
+
+
 def get_executor(executor: str | Executor | None = None) -> Executor:
-    """The executor named by ``executor``: None or "local" (in-process), or an object with ``map``.
+    """The executor named by ``executor``: None or "local" (in-process), "ray" (a local Ray instance, or the
+    one this process is connected to), or an object with ``map`` (e.g. ``RayExecutor(address=...)``).
 
     Raises :class:`~adverse.errors.InputError` for an unknown name.
     """
     if executor is None or (isinstance(executor, str) and executor == "local"):
         return LocalExecutor()
+    if isinstance(executor, str) and executor == "ray":
+        return RayExecutor()
     if isinstance(executor, str):
         raise InputError(
             f"unknown executor {executor!r}; choose one of {EXECUTORS} or pass an object with a "
-            "map(fn, tasks) method (a Ray executor is not available in this version)"
+            "map(fn, tasks) method (e.g. adverse.execution.RayExecutor(address=...))"
         )
     if not callable(getattr(executor, "map", None)):
         raise InputError(f"an executor needs a map(fn, tasks) method; got {type(executor).__name__}")
@@ -101,7 +185,16 @@ def map_tasks(fn: Callable[[Task], Any], tasks: Sequence[Task], executor: str | 
     ``fn`` must be a module-level function (picklable) so that out-of-process executors can ship it.
     Returns the results in the order of ``tasks``.
     """
+    return list(imap_tasks(fn, tasks, executor))
+
+
+def imap_tasks(fn: Callable[[Task], Any], tasks: Sequence[Task],
+               executor: str | Executor | None = None) -> Iterator[Any]:
+    """:func:`map_tasks`, yielding each result in task order as soon as it is available."""
     for t in tasks:
         if not isinstance(t, Task):
             raise InputError(f"map_tasks needs adverse.execution.Task items, got {type(t).__name__}")
-    return list(get_executor(executor).map(functools.partial(run_seeded, fn), tasks))
+    ex = get_executor(executor)
+    seeded = functools.partial(run_seeded, fn)
+    imap = getattr(ex, "imap", None)
+    return iter(imap(seeded, tasks)) if callable(imap) else iter(ex.map(seeded, tasks))

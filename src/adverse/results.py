@@ -79,3 +79,22 @@ class AttackResult:
             "params": {k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool, type(None)))},
             "seed": self.seed,
         }
+
+    @classmethod
+    def concat(cls, parts: list[AttackResult], seed: int | None = None) -> AttackResult:
+        """One result from the results of consecutive chunks of a batch, in order: per-sample tensors are
+        concatenated, budgets summed; ``params`` are the first chunk's plus ``chunks`` (each chunk's own seed
+        and params stay in ``params["chunk_params"]``)."""
+        if not parts:
+            raise ValueError("concat needs at least one result")
+        first = parts[0]
+        eps = [p.eps for p in parts if p.eps is not None]
+        return cls(
+            x_adv=torch.cat([p.x_adv for p in parts]), success=torch.cat([p.success for p in parts]),
+            norms=torch.cat([p.norms for p in parts]), clean_correct=torch.cat([p.clean_correct for p in parts]),
+            attack=first.attack, norm=first.norm, eps=max(eps) if eps else None,
+            forwards=sum(p.forwards for p in parts), backwards=sum(p.backwards for p in parts),
+            queries=sum(p.queries for p in parts), seconds=sum(p.seconds for p in parts),
+            params=dict(first.params, chunks=len(parts), chunk_seeds=[p.seed for p in parts]),
+            seed=seed,
+        )

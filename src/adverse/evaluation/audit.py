@@ -320,6 +320,7 @@ def audit(
     checks: bool = True,
     check_n: int = 100,
     state_dir: str | os.PathLike[str] | None = None,
+    executor: Any = None,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
     """Measure how robust ``model`` is on ``data``: clean accuracy, and robust accuracy under FGSM, PGD and
@@ -346,6 +347,9 @@ def audit(
         batch). If the audit is interrupted, rerunning it with the same model, data, settings and ``state_dir``
         reuses every finished batch and gives the same result as an uninterrupted run. :meth:`AuditResult.save`
         into that folder removes the state.
+    executor : where the attack batches run: None / "local" (in-process), "ray", or an executor object from
+        :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets ``seed``, so the numbers
+        do not depend on the executor.
     progress : ``progress(description, completed, total)``, called as work completes (for progress bars).
 
     Returns
@@ -361,6 +365,7 @@ def audit(
     from .. import __version__
     from ..evasion.apgd import apgd
     from ..evasion.gradient import fgsm, pgd
+    from ..execution import Task, get_executor, imap_tasks
     from ..models import attack_mode
     from ..threat import check_norm
 
@@ -374,6 +379,7 @@ def audit(
     if n is not None:
         n = _check_int("n", n, 1)
     check_n = _check_int("check_n", check_n, 1)
+    executor = get_executor(executor)
 
     # (attack function, its settings, its cost per sample in gradient steps), resolved before any work
     recipes: dict[str, tuple[Callable[..., Any], dict[str, Any], int]] = {
@@ -448,19 +454,20 @@ def audit(
             fn, kwargs, cost = specs[name]
             description = f"{name} at eps {e:g}"
             report(description, done, total_work)
+            done += cost * sum(b - a for a, b in batches if state.get(name, e, a) is not None)
+            pending = [(a, b) for a, b in batches if state.get(name, e, a) is None]
+            tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs, **extra)))
+                     for i, (a, b) in enumerate(pending)]
+            for (a, b), rec in zip(pending, imap_tasks(_attack_batch, tasks, executor)):
+                state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
+                done += cost * (b - a)
+                report(description, done, total_work)
             parts, fw, bw, secs, params = [], 0, 0, 0.0, {}
-            for a, b in batches:
+            for a, _ in batches:
                 rec = state.get(name, e, a)
-                if rec is None:
-                    r = fn(model, x[a:b], y[a:b], eps=e, norm=norm, seed=seed, **kwargs, **extra)
-                    rec = {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
-                           "backwards": r.backwards, "seconds": r.seconds, "params": r.summary()["params"]}
-                    state.put(name, e, a, rec)
                 parts.append(np.asarray(rec["success"], dtype=bool))
                 fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
                 params = rec["params"]
-                done += cost * (b - a)
-                report(description, done, total_work)
             bad = np.concatenate(parts) | ~clean_correct
             fooled[(name, e)] = bad
             robust = total_n - int(bad.sum())
@@ -501,7 +508,7 @@ def audit(
     environment = {
         "python": platform.python_version(), "torch": torch.__version__, "adverse": __version__,
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
     }
     return AuditResult(
         clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=worst, config=config,
@@ -509,6 +516,14 @@ def audit(
         seconds={"model": model_seconds, "total": time.perf_counter() - started},
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows, fooled=fooled,
     )
+
+
+def _attack_batch(task: Any) -> dict[str, Any]:
+    """One attack on one batch (run by an executor): the per-sample outcome and the budget, JSON-ready."""
+    fn, model, x, y, kwargs = task.payload
+    r = fn(model, x, y, **kwargs)
+    return {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
+            "backwards": r.backwards, "seconds": r.seconds, "params": r.summary()["params"]}
 
 
 def _json_safe(value: Any) -> Any:

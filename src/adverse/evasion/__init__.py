@@ -25,7 +25,8 @@ from .hopskipjump import hopskipjump
 from .fab import fab
 from .transfer import transfer
 from .ensemble import EOT, autoattack
+from .sharded import sharded
 
 __all__ = sorted(["fgsm", "bim", "pgd", "mifgsm", "apgd", "cw_l2", "deepfool", "fmn",
                   "margin_loss", "dlr_loss", "ce_loss", "autoattack", "EOT", "square", "simba", "nes", "hopskipjump", "fab",
-                  "transfer"])
+                  "transfer", "sharded"])
