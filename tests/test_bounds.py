@@ -37,11 +37,13 @@ class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.proj = nn.Parameter(torch.randn(192, 5))
+        self.proj = nn.Parameter(torch.randn(320, 5))
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([torch.relu(self.conv(x)), x], dim=1)
-        z = (h + torch.cat([x, x, x], dim=1) - 0.3).flatten(1) * -0.5
+        h = self.conv(x)
+        h = torch.cat([self.act(h), h, x], dim=1)  # in place: both copies of h are rectified
+        z = (h + torch.cat([x, x, x, x, x], dim=1) - 0.3).flatten(1) * -0.5
         return z @ self.proj
 
 
@@ -63,7 +65,8 @@ def bn_stack() -> nn.Module:
         nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.ReLU()),
         nn.AvgPool2d(2),
         nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2)),
-        nn.Flatten(), nn.Linear(16, 16), bn1d, nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 16), nn.Sigmoid(),
+        nn.Flatten(), nn.Linear(16, 16), bn1d, nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 16), nn.ReLU6(),
+        nn.Linear(16, 16), nn.Softplus(), nn.Linear(16, 16), nn.Sigmoid(),
         nn.Linear(16, 5),
     )
 

@@ -10,7 +10,7 @@ Models are read with ``torch.fx``, so any module whose forward is traceable work
 the zoo's ``MLP`` and ``SmallCNN``, or custom modules built from the supported pieces:
 
 * layers: ``Linear``, ``Conv1d``/``Conv2d``, eval-mode ``BatchNorm1d``/``BatchNorm2d``, ``adverse.Normalize``,
-  ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Flatten``, ``AvgPool2d``, ``AdaptiveAvgPool2d``,
+  ``ReLU``, ``ReLU6``/``Hardtanh``, ``LeakyReLU``, ``Softplus``, ``Sigmoid``, ``Tanh``, ``Flatten``, ``AvgPool2d``, ``AdaptiveAvgPool2d``,
   ``MaxPool2d``, ``AdaptiveMaxPool2d``, ``Identity``, ``Dropout`` (identity in eval mode);
 * functions: ``relu``, ``sigmoid``, ``tanh``, ``flatten``/``view``/``reshape``, ``+``, ``−``, scalar ``*``,
   ``@`` with a constant matrix, ``cat``.
@@ -51,18 +51,22 @@ class Box:
     upper: torch.Tensor
 
     def map(self, fn: Any) -> Box:
-        """The box of a monotone non-decreasing elementwise or pooling function: apply it to both ends."""
+        """The box of a monotone non-decreasing elementwise or pooling function: apply it to both ends.
+
+        An in-place layer (``ReLU(inplace=True)``) changes both ends in place, so a box that another branch reads
+        changes exactly as the tensor it bounds does in the model's own forward pass.
+        """
         return Box(fn(self.lower), fn(self.upper))
 
 
-_MONOTONE_MODULES = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+_MONOTONE_MODULES = (nn.ReLU, nn.Hardtanh, nn.Softplus, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                      nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout, nn.Unflatten,
                      Normalize)
 _MONOTONE_FUNCTIONS = {torch.relu, F.relu, torch.sigmoid, torch.tanh, F.avg_pool2d, F.max_pool2d,
                        torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 _MONOTONE_METHODS = {"relu", "sigmoid", "tanh", "flatten", "view", "reshape", "contiguous"}
-SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (eval mode)", "Normalize", "ReLU", "LeakyReLU",
-             "Sigmoid", "Tanh", "Flatten", "AvgPool", "MaxPool", "Identity", "Dropout", "nn.Sequential")
+SUPPORTED = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (eval mode)", "Normalize", "ReLU", "ReLU6",
+             "Hardtanh", "LeakyReLU", "Softplus", "Sigmoid", "Tanh", "Flatten", "AvgPool", "MaxPool", "Identity", "Dropout", "nn.Sequential")
 
 
 class _Tracer(torch.fx.Tracer):
