@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import json
 import re
@@ -84,7 +85,7 @@ def _hand_made(base: dict) -> dict:
          "n_members": 500, "n_nonmembers": 500, "warnings": [f"FPR 0.001 is below the resolution {EVIL}"]},
     ]}
     d["poisoning"] = {"attacks": [
-        {"attack": "badnets", "poison_rate": rate, "attack_success_rate": asr, "clean_accuracy": 0.9712, "n_poison": k}
+        {"attack": "badnets $\\undefinedmacro$", "poison_rate": rate, "attack_success_rate": asr, "clean_accuracy": 0.9712, "n_poison": k}
         for rate, asr, k in ((0.001, 0.1337, 1), (0.01, 0.8642, 12), (0.05, 0.9931, 60))
     ]}
     return d
@@ -137,6 +138,12 @@ def test_reproduce_command_reproduces_the_numbers(audited, tmp_path):
     assert [(r["attack"], r["eps"], r["robust"]) for r in again["attacks"]] == \
            [(r["attack"], r["eps"], r["robust"]) for r in d["attacks"]]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "figures" / "robust_accuracy.png").is_file()
+    # and so does the Python call
+    code = html.unescape(re.search(r"<pre>(import adverse\n[^<]*)</pre>", path.read_text(encoding="utf-8")).group(1))
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["result"].to_dict()["attacks"] == [{**r, "seconds": s["seconds"]} for r, s in
+                                                    zip(d["attacks"], scope["result"].to_dict()["attacks"])]
 
 
 @pytest.mark.parametrize("which", ["audited", "hand_made"])
@@ -251,27 +258,26 @@ def _console(stderr: str) -> list[str]:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it: apt-get install chromium)")
 def test_chromium_renders_the_report(hand_made, tmp_path):
     _, path = hand_made
-    # the console check sees errors: a page that throws is caught
+    # the probes see failures: on a page that throws and holds a broken image, both are caught
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
-    assert any("Uncaught" in line for line in _console(_chromium("--dump-dom", bad.as_uri()).stderr))
+    bad.write_text("<!DOCTYPE html><html><body><img src='data:image/png;base64,AAAA'>"
+                   f"<script>undefinedFunction();</script>{HARNESS}</body></html>")
+    run = _chromium("--dump-dom", bad.as_uri())
+    assert any("Uncaught" in line for line in _console(run.stderr)) and 'data-images="1:1"' in run.stdout
 
-    # the DOM: every section heading, no console message, and every image decoded (checked by a copy of the
-    # report with a small script appended; the report itself has none)
-    probe = path.parent / "probe.html"
+    # one run on a copy of the report, alone in a folder (no figures/ beside it: self-contained), with the image
+    # probe appended (the report itself has no script): the DOM holds every section heading, every image
+    # decoded, no console message; and a screenshot of the page
+    probe, shot = tmp_path / "probe.html", tmp_path / "shot.png"
     probe.write_text(path.read_text(encoding="utf-8").replace("</body>", HARNESS + "</body>"), encoding="utf-8")
-    run = _chromium("--dump-dom", probe.as_uri())
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1200,2000", probe.as_uri())
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     assert _console(run.stderr) == []
     for sid, heading in SECTIONS.items():
         assert re.search(rf'<section id="{sid}"><h2>{re.escape(heading)}</h2>', run.stdout), heading
     assert 'data-images="4:0"' in run.stdout  # 4 images, none broken
 
-    # the screenshot of the report itself: not blank, the warning box and the figure's curves are painted
-    shot = tmp_path / "shot.png"
-    run = _chromium(f"--screenshot={shot}", "--window-size=1200,2000", path.as_uri())
-    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
-    assert _console(run.stderr) == []
+    # the screenshot is not blank; the warning box and the figure's curves are painted
     with Image.open(shot) as im:
         px = np.asarray(im.convert("RGB")).astype(int)
     assert px.shape[:2] == (2000, 1200) and px.std() > 10

@@ -116,6 +116,11 @@ def _name(attack: str) -> str:
     return _NAMES.get(attack, attack)
 
 
+def _label(text: Any) -> str:
+    """Text for a matplotlib label: a ``$`` from the results must not start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
     """An HTML table; ``header`` is plain text (escaped here), ``rows`` hold cells that are already HTML."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -231,7 +236,7 @@ def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
     ax = fig.add_subplot(1, 1, 1)
     for attack in dict.fromkeys(r["attack"] for r in rows):
         pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["attack"] == attack)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_name(attack))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(_name(attack)))
     worst = sorted((w["eps"], w["robust_accuracy"]) for w in results.get("worst_case", []))
     if worst:
         ax.plot([p[0] for p in worst], [p[1] for p in worst], marker="s", color="black", lw=2.5, label="worst case")
@@ -304,7 +309,7 @@ def _privacy_section(results: Mapping[str, Any], figs: _Figures) -> str:
         ax.plot([floor, 1], [floor, 1], ls="--", color="gray", lw=0.8, label="chance")
         for r in with_roc:
             pts = [(f, t) for f, t in zip(r["roc"]["fpr"], r["roc"]["tpr"]) if f > 0 and t > 0]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['attack']} (AUC {r['auc']:.3f})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=_label(f"{r['attack']} (AUC {r['auc']:.3f})"))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("false-positive rate")
@@ -339,7 +344,7 @@ def _poisoning_section(results: Mapping[str, Any], figs: _Figures) -> str:
     ax = fig.add_subplot(1, 1, 1)
     for attack in dict.fromkeys(r["attack"] for r in rows):
         pts = sorted((r["poison_rate"], r["attack_success_rate"]) for r in rows if r["attack"] == attack)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=attack)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(attack))
     if all(r["poison_rate"] > 0 for r in rows):
         ax.set_xscale("log")
     ax.set_xlabel("poison rate (share of training data poisoned)")
@@ -415,15 +420,17 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     steps = {a: s["steps"] for a, s in attacks.items() if "steps" in s}
     checks = "checks" in cfg
     eps = ",".join(repr(float(e)) for e in cfg.get("eps", []))
-    py_args = [f"eps=({eps},)" if len(cfg.get("eps", [])) == 1 else f"eps=({eps})", f"norm={cfg.get('norm')!r}",
+    py_args = [f"eps={tuple(float(e) for e in cfg.get('eps', []))!r}", f"norm={cfg.get('norm')!r}",
                f"n={cfg.get('n')!r}", f"steps={steps!r}", f"attacks={tuple(attacks)!r}",
                f"batch_size={cfg.get('batch_size')!r}", f"seed={cfg.get('seed')!r}", f"checks={checks}"]
     if checks and "n" in cfg["checks"]:
         py_args.append(f"check_n={cfg['checks']['n']!r}")
     user = model.get("source") == "user"
+    if user:
+        py_args = ["model", "data", *py_args]
     py = ("import adverse\n"
           + ("# model, data: the model and data that were audited\n" if user else "")
-          + f"result = adverse.evaluation.audit({'model, data, ' if user else ''}{', '.join(py_args)})")
+          + "result = adverse.evaluation.audit(\n" + "".join(f"    {a},\n" for a in py_args) + ")")
     from .audit import ATTACKS
 
     expressible = (len(set(steps.values())) <= 1 and set(attacks) == set(ATTACKS) and cfg.get("batch_size") == 256
