@@ -228,25 +228,31 @@ def _summary_section(results: Mapping[str, Any]) -> str:
             + "".join(f"<p>{t}</p>" for t in text) + "</section>")
 
 
+def _per_attack_plot(figs: _Figures, rows: Sequence[Mapping[str, Any]], x: str, y: str, xlabel: str) -> Any:
+    """A figure with one line of ``y`` (a rate in [0, 1]) against ``x`` per attack in ``rows``; (fig, ax)."""
+    fig = figs.new()
+    ax = fig.add_subplot(1, 1, 1)
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        pts = sorted((r[x], r[y]) for r in rows if r["attack"] == attack)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(_name(attack)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
 def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
     rows = results.get("attacks", [])
     if not rows:
         return ""
-    fig = figs.new()
-    ax = fig.add_subplot(1, 1, 1)
-    for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["attack"] == attack)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(_name(attack)))
+    norm = _NORMS.get(results.get("config", {}).get("norm", ""), "")
+    fig, ax = _per_attack_plot(figs, rows, "eps", "robust_accuracy", f"ε ({norm} budget, input units)")
     worst = sorted((w["eps"], w["robust_accuracy"]) for w in results.get("worst_case", []))
     if worst:
         ax.plot([p[0] for p in worst], [p[1] for p in worst], marker="s", color="black", lw=2.5, label="worst case")
     if "clean_accuracy" in results:
         ax.axhline(results["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
-    norm = _NORMS.get(results.get("config", {}).get("norm", ""), "")
-    ax.set_xlabel(f"ε ({norm} budget, input units)")
-    ax.set_ylabel("robust accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
     ax.legend()
     img = figs.embed(fig, "robust_accuracy", "Robust accuracy against ε for each attack and the worst case")
     return ("<section id='curves'><h2>Robust accuracy against ε</h2><p>Each curve shows the share of samples "
@@ -340,17 +346,10 @@ def _poisoning_section(results: Mapping[str, Any], figs: _Figures) -> str:
     rows = results.get("poisoning", {}).get("attacks", []) if isinstance(results.get("poisoning"), Mapping) else []
     if not rows:
         return ""
-    fig = figs.new()
-    ax = fig.add_subplot(1, 1, 1)
-    for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted((r["poison_rate"], r["attack_success_rate"]) for r in rows if r["attack"] == attack)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(attack))
+    fig, ax = _per_attack_plot(figs, rows, "poison_rate", "attack_success_rate",
+                               "poison rate (share of training data poisoned)")
     if all(r["poison_rate"] > 0 for r in rows):
         ax.set_xscale("log")
-    ax.set_xlabel("poison rate (share of training data poisoned)")
-    ax.set_ylabel("attack success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
     ax.legend()
     img = figs.embed(fig, "poisoning_asr", "Attack success rate against poison rate")
     body = [[_e(r["attack"]), _e(_num(r["poison_rate"])), _e(_num(r.get("n_poison", ""))),
