@@ -205,14 +205,17 @@ def _summary_section(results: Mapping[str, Any]) -> str:
     cards = [f"<div class='num'><b>{_pct(results['clean_accuracy'])}</b><span>clean accuracy</span></div>"]
     cards += [f"<div class='num'><b>{_pct(w['robust_accuracy'])}</b><span>worst-case robust accuracy at "
               f"ε={_e(_num(w['eps']))}</span></div>" for w in worst]
-    text = [f"On {_e(_num(n))} test samples the model classifies {_pct(results['clean_accuracy'])} correctly."]
+    data = results.get("data", {}).get("name", "the data")
+    clean = _pct(results["clean_accuracy"])
+    text = [f"On {_e(_num(n))} samples of {_e(data)} the model classifies {clean} correctly (clean accuracy)."]
     if worst:
         last = worst[-1]
         attacks = ", ".join(_name(a) for a in last.get("attacks", []))
         text.append(
             f"When an attacker may change every input by at most ε={_e(_num(last['eps']))} ({_e(norm)} norm, in "
             f"input units), only {_pct(last['robust_accuracy'])} of the samples are still classified correctly "
-            f"under every attack tried ({_e(attacks)}); the rest can be made wrong by a change that small."
+            f"under every attack tried ({_e(attacks)}); each of the others is misclassified already or can be made wrong "
+            "by a change that small."
         )
         text.append("These robust accuracies are upper bounds: a stronger attack can only lower them.")
     warned = _warned(results)
