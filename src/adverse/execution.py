@@ -90,7 +90,9 @@ class LocalExecutor:
 
 def check_reachable(address: str, timeout: float) -> None:
     """Raise :class:`InputError` within ``timeout`` seconds when nothing listens at a Ray ``address``
-    (``host:port`` or ``ray://host:port``); ``ray.init`` itself may wait much longer before giving up."""
+    (``host:port`` or ``ray://host:port``): a refused or unroutable address fails here at once, where ``ray.init``
+    would retry for a long time. (A service that listens but is not Ray is refused by ``ray.init`` after its own
+    handshake, about 20 s, and reported as an :class:`InputError` too.)"""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         raise InputError(f"a Ray address looks like host:port or ray://host:port, got {address!r}")
@@ -130,11 +132,15 @@ class RayExecutor:
             import ray
         except ImportError as e:
             raise InputError("the Ray executor needs Ray: pip install 'adverse[ray]'") from e
+        if self.address not in (None, "auto"):
+            check_reachable(self.address, self.timeout)
         if not ray.is_initialized():
-            if self.address not in (None, "auto"):
-                check_reachable(self.address, self.timeout)
-            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError) as e:  # something answered, but not a Ray cluster
+                raise InputError(f"cannot connect to a Ray cluster at {self.address} ({e}); check the address "
+                                 "(the GCS port of `ray start --head`, default 6379)") from e
         return ray
 
     def imap(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> Iterator[Any]:
