@@ -129,7 +129,8 @@ def test_audit_table_and_rerun_into_same_folder(tmp_path):
     text = (out / "results.json").read_text(encoding="utf-8")
     assert text == second.stdout
     after = json.loads(text)
-    assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no temporary files left behind
+    # the results, the report and its figures; no temporary files left behind
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "results.json"]
 
     def numbers(d):  # everything but the timings and the date is reproducible
         return d["clean_accuracy"], [(r["attack"], r["eps"], r["robust"]) for r in d["attacks"]], d["worst_case"]
@@ -180,7 +181,7 @@ def test_unexpected_error_exits_1(monkeypatch, tmp_path):
 
     audit_module = importlib.import_module("adverse.evaluation.audit")  # the module, not the function
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(audit_module, "audit", broken)

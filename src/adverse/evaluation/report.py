@@ -49,18 +49,17 @@ eight rows are drawn.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .audit import write_atomic
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -132,21 +131,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class _Figures:
     """Collects the report's figures: saves each as ``figures/<name>.png`` and returns its ``<figure>`` HTML."""
 
@@ -168,7 +152,7 @@ class _Figures:
         png = buf.getvalue()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.png"
-        _write_atomic(path, png)
+        write_atomic(path, png)
         self.written.append(path)
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return (f"<figure><img src='{uri}' alt='{_e(caption)}'>"
@@ -519,5 +503,5 @@ def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *
             f"<title>{_e(_title(results))}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(s for s in sections if s) + "\n</body></html>\n")
     path = out / REPORT_FILE
-    _write_atomic(path, page.encode("utf-8"))
+    write_atomic(path, page.encode("utf-8"))
     return path
