@@ -108,3 +108,23 @@ def test_unreachable_address_fails_fast():
     with pytest.raises(AdverseError, match=r"host:port"):
         check_reachable("nonsense", timeout=1)
     assert time.perf_counter() - t0 < 10
+
+
+def test_cli_audit_on_ray(local_ray, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from adverse.cli import app
+
+    args = ["audit", "--n", "30", "--eps", "0.1", "--steps", "3", "--no-checks", "--json"]
+    r = CliRunner().invoke(app, [*args, "--executor", "ray", "--out", str(tmp_path / "ray")])
+    assert r.exit_code == 0, r.output
+    here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "local")])
+    ray_d, local_d = (json.loads((tmp_path / f / "results.json").read_text()) for f in ("ray", "local"))
+    assert ray_d["environment"]["executor"] == "ray" and here.exit_code == 0
+    assert [r["robust"] for r in ray_d["attacks"]] == [r["robust"] for r in local_d["attacks"]]
+    t0 = time.perf_counter()
+    bad = CliRunner().invoke(app, [*args, "--executor", "ray", "--ray-address", "127.0.0.1:9",
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "cannot reach" in bad.output and time.perf_counter() - t0 < 30
