@@ -370,3 +370,15 @@ def test_metrics_oracle():
     ctrl = random_noise_control(fake, seed=0)
     delta = (ctrl.x - digits_train().x)[fake.indices]
     assert delta.abs().max() <= 0.1 + 1e-6 and (ctrl.x[~fake.is_poison] == pd.x[~fake.is_poison]).all()
+
+
+def test_clean_label_needs_the_adversarial_perturbation():
+    """Turner et al.'s point: the trigger on correctly labelled target images alone implants (almost) nothing;
+    with the adversarial perturbation that makes them hard, the same trigger becomes a backdoor."""
+    d, te = digits_train(), digits_test()
+    _, clean = badnets_model(0.0)
+    asr = {}
+    for eps in (0.0, 0.2):
+        pd = clean_label(d, clean, target=0, rate=0.5, eps=eps, steps=20, seed=0)
+        asr[eps] = backdoor_metrics(cnn_train_fn(pd.dataset(), 0), pd, te)["asr"]
+    assert asr[0.0] <= 0.1 and asr[0.2] >= 0.25 and asr[0.2] >= asr[0.0] + 0.2, asr
