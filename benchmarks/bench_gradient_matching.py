@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--ensemble", type=int, default=1, help="surrogates (seeds seed, seed+2, seed+3, ...)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--victim-seed", type=int, default=None,
+                    help="the victim's training seed (default seed+1; = seed retrains the surrogate exactly)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; torch "
@@ -52,7 +54,8 @@ def main() -> None:
             model = SmallCNN()
         return train_classifier(model, data, epochs=args.epochs, seed=seed)
 
-    surrogate, victim_clean = train_fn(tr, args.seed), train_fn(tr, args.seed + 1)
+    victim_seed = args.seed + 1 if args.victim_seed is None else args.victim_seed
+    surrogate, victim_clean = train_fn(tr, args.seed), train_fn(tr, victim_seed)
     ensemble = [surrogate] + [train_fn(tr, args.seed + 1 + k) for k in range(1, args.ensemble)]
     with torch.no_grad():
         logits = surrogate(te.x)
@@ -70,7 +73,7 @@ def main() -> None:
     surrogate.zero_grad(set_to_none=True)
     fb_s = sorted(fb)[len(fb) // 2]
     print(f"data: digits, {len(tr)} training images; {n_poison} poisons ({args.rate:.0%}), eps {args.eps}, "
-          f"steps {args.steps}, restarts {args.restarts}, ensemble {args.ensemble}; victim SmallCNN {args.epochs} epochs, seed {args.seed + 1}")
+          f"steps {args.steps}, restarts {args.restarts}, ensemble {args.ensemble}; victim SmallCNN {args.epochs} epochs, seed {victim_seed}")
     print(f"one forward+backward on the {n_poison}-image poison batch: {fb_s * 1e3:.2f} ms (median of 20)")
     print(f"{'target':>6} {'label':>5} {'adv':>3} {'align':>6} {'craft s':>8} {'s/poison':>8} {'ratio':>7} "
           f"{'success':>7} {'control':>7}")
@@ -82,9 +85,9 @@ def main() -> None:
         pd = gradient_matching(ensemble, tr, te.x[i], adv_label=adv, y_target=int(te.y[i]), rate=args.rate,
                                eps=args.eps, steps=args.steps, restarts=args.restarts, seed=args.seed + i)
         sec = pd.params["seconds"]
-        hit = bool(targeted_success(retrain(train_fn, pd, seed=args.seed + 1), pd))
+        hit = bool(targeted_success(retrain(train_fn, pd, seed=victim_seed), pd))
         control = random_noise_control(pd, seed=args.seed + i)
-        miss = bool(targeted_success(retrain(train_fn, control, seed=args.seed + 1), control))
+        miss = bool(targeted_success(retrain(train_fn, control, seed=victim_seed), control))
         crafted.append(sec)
         hits.append(hit)
         ctrl.append(miss)
