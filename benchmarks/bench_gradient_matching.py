@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from adverse.data import digits
-from adverse.poisoning import gradient_matching, random_noise_control, retrain, targeted_success
-from adverse.zoo import SmallCNN, train_classifier
+from adverse.poisoning import gradient_matching, random_noise_control, retrain, targeted_success, trainer
+from adverse.zoo import SmallCNN
 
 
 def main() -> None:
@@ -48,11 +48,7 @@ def main() -> None:
           f"{os.getloadavg()[0]:.2f}")
     tr, te = digits("train"), digits("test")
 
-    def train_fn(data, seed):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = SmallCNN()
-        return train_classifier(model, data, epochs=args.epochs, seed=seed)
+    train_fn = trainer(SmallCNN, epochs=args.epochs)
 
     victim_seed = args.seed + 1 if args.victim_seed is None else args.victim_seed
     surrogate, victim_clean = train_fn(tr, args.seed), train_fn(tr, victim_seed)

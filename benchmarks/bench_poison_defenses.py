@@ -19,8 +19,8 @@ import torch
 
 from adverse.data import Dataset, digits
 from adverse.defenses import activation_clustering, fine_pruning, neural_cleanse, spectral_signatures, strip
-from adverse.poisoning import backdoor_metrics, badnets
-from adverse.zoo import SmallCNN, train_classifier
+from adverse.poisoning import backdoor_metrics, badnets, trainer
+from adverse.zoo import SmallCNN
 
 
 def main() -> None:
@@ -36,11 +36,7 @@ def main() -> None:
     defender = Dataset(te.x[:half], te.y[:half], "defender", 10)
     held = Dataset(te.x[half:], te.y[half:], "held-out", 10)
 
-    def train_fn(data, seed):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = SmallCNN()
-        return train_classifier(model, data, epochs=args.epochs, seed=seed)
+    train_fn = trainer(SmallCNN, epochs=args.epochs)
 
     def row(name, metrics, q=None, sec=0.0):
         det = "" if q is None else f"AUROC {q['auroc']:.3f}  TPR {q['tpr']:.2f}  FPR {q['fpr']:.3f}  "

@@ -30,11 +30,12 @@ from adverse.poisoning import (
     load_poisoned,
     random_noise_control,
     retrain,
+    trainer,
     wanet,
 )
 from adverse.poisoning.metrics import class_recall, clean_accuracy
 from adverse.poisoning.triggers import blend_trigger, patch_trigger, warp_trigger
-from adverse.zoo import MLP, SmallCNN, train_classifier
+from adverse.zoo import MLP, SmallCNN
 
 EPOCHS = 12
 
@@ -58,12 +59,7 @@ def digits_test() -> Dataset:
     return digits("test")
 
 
-def cnn_train_fn(data: Dataset, seed: int) -> torch.nn.Module:
-    """The victim's recipe: a SmallCNN with seeded initialization, Adam, EPOCHS epochs."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SmallCNN()
-    return train_classifier(model, data, epochs=EPOCHS, seed=seed)
+cnn_train_fn = trainer(SmallCNN, epochs=EPOCHS)  # the victim's recipe: seeded SmallCNN, Adam
 
 
 @functools.cache
@@ -234,11 +230,7 @@ def test_round_trip_same_asr(tmp_path):
     assert backdoor_metrics(again, back, digits_test()) == backdoor_metrics(model, pd, digits_test())
 
 
-def _mlp_train_fn(data: Dataset, seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLP(64, 10)
-    return train_classifier(model, data, epochs=30, seed=seed)
+_mlp_train_fn = trainer(lambda: MLP(64, 10), epochs=30)
 
 
 def test_targeted_flip_destroys_recall_random_degrades_gracefully():

@@ -21,6 +21,7 @@ from .metrics import (
     retrain,
     targeted_evaluation,
     targeted_success,
+    trainer,
 )
 from .targeted import feature_collision, gradient_matching
 from .triggers import Trigger, blend_trigger, patch_trigger, warp_trigger
@@ -29,5 +30,5 @@ __all__ = [
     "PoisonedData", "Trigger", "attack_success_rate", "backdoor_metrics", "badnets", "blend_trigger", "blended",
     "clean_accuracy", "clean_label", "detection_quality", "feature_collision", "gradient_matching", "label_flip",
     "load_poisoned", "patch_trigger", "random_noise_control", "retrain", "targeted_evaluation",
-    "targeted_success", "wanet", "warp_trigger",
+    "targeted_success", "trainer", "wanet", "warp_trigger",
 ]

@@ -64,6 +64,21 @@ def class_recall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cls: int) -
     return float((predict(model, x[keep]) == cls).float().mean())
 
 
+def trainer(build: Callable[[], nn.Module], **train_kwargs) -> TrainFn:
+    """A victim's training recipe as a ``train_fn(dataset, seed) -> model``: ``build()`` under
+    ``torch.manual_seed(seed)`` (inside a forked RNG, so the caller's global state is untouched), then
+    :func:`adverse.zoo.train_classifier` with ``seed`` and ``train_kwargs`` (epochs, lr, ...)."""
+    from ..zoo import train_classifier
+
+    def train_fn(data: Dataset, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build()
+        return train_classifier(model, data, seed=seed, **train_kwargs)
+
+    return train_fn
+
+
 def retrain(train_fn: TrainFn, poisoned: PoisonedData, *, keep: torch.Tensor | None = None, seed: int = 0) -> nn.Module:
     """Train a fresh model on the poisoned set (optionally only on the samples ``keep`` selects, e.g. after a
     detection defense removed the flagged ones): ``train_fn(dataset, seed) -> model``."""
