@@ -7,6 +7,17 @@ import torch
 from torch import nn
 
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread for the whole run: the models here are small, so one thread is fastest, and it keeps
+    tests from thrashing on a busy 2-core machine. Restored at the end."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Linear(nn.Module):
     """``z = W x + b`` on flattened inputs: the minimal adversarial perturbation is known in closed form."""
 

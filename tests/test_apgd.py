@@ -17,15 +17,6 @@ SHAPES = ((8,), (4, 6), (2, 5, 5))
 BOUNDS = (0.0, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread is fastest, and avoids thrashing on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------- exact oracle
 def _min_norm_halfspace(a: torch.Tensor, gap: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                         norm: str) -> torch.Tensor:

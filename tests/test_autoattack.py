@@ -9,14 +9,6 @@ from adverse.errors import AdverseError
 from adverse.evasion.ensemble import EOT, autoattack, versions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cheap(name, steps, calls=None, fail_on_call=None):
     from adverse.evasion import apgd
 

@@ -23,14 +23,6 @@ from adverse.errors import AdverseError, BudgetError, InputError, ModelError
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is fastest, and avoids thrashing on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # attack -> (extra keyword arguments, fixed budget?, norms supported, takes a loss?)
 ATTACKS = {
     "fgsm": ({}, True, ("linf", "l2", "l1"), True),

@@ -10,14 +10,6 @@ from adverse.errors import AdverseError
 from adverse.evaluation.checks import CHECKS, run_checks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Quantized(nn.Module):
     """1-bit input quantization inside the model: zero gradients almost everywhere."""
 

@@ -23,17 +23,6 @@ ATTACKS = ("fgsm", "pgd", "apgd-ce")
 SMALL = ["--n", "60", "--eps", "0.1,0.3", "--steps", "10", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """In-process runs: one intra-op thread is fastest for these small models on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def adverse(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the real command in a fresh interpreter (the same code as the ``adverse`` console script)."""
     return subprocess.run([sys.executable, "-m", "adverse.cli", *args], check=False, capture_output=True, text=True,

@@ -24,14 +24,6 @@ from adverse.models import Counted
 from adverse.zoo import MLP, SmallCNN
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp(seed=0):
     torch.manual_seed(seed)
     return MLP(64, 10, hidden=(32,))

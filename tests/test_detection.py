@@ -14,14 +14,6 @@ from adverse.defenses.detection import attack_detector, evaluate_detector, lid_m
 from adverse.errors import AdverseError, InputError, ModelError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clean():
     d = digits("train")

@@ -17,14 +17,6 @@ from adverse.errors import InputError, ModelError
 from adverse.zoo import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_mlp(seed: int = 0, hidden: tuple[int, ...] = (32,)) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

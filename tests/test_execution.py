@@ -9,14 +9,6 @@ from adverse.errors import AdverseError
 from adverse.execution import LocalExecutor, Task, get_executor, map_tasks, spawn_seeds
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def draw(task: Task) -> torch.Tensor:
     """Uses the *global* generator on purpose: run_seeded must make it depend on the task's seed only."""
     return torch.randn(3) + task.payload

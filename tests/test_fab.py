@@ -30,15 +30,6 @@ SHAPES = ((8,), (4, 6), (2, 5, 5))
 STEPS = 20  # FAB converges in a few steps on a linear model; 20 leaves room
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids contention when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------- scipy oracles
 def _norm(v: np.ndarray, norm: str) -> float:
     return float({"linf": np.abs(v).max(initial=0.0), "l2": np.linalg.norm(v), "l1": np.abs(v).sum()}[norm])

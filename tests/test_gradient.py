@@ -19,15 +19,6 @@ SHAPES = [(8,), (4, 6), (2, 5, 5)]
 NORMS = ["linf", "l2", "l1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is fastest, and avoids thrashing on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(nn.Module):
     """Counts the rows that really pass through the model, with and without a graph."""
 

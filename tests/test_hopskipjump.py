@@ -25,15 +25,6 @@ from adverse.models import BlackBox
 from adverse.threat import lp_norm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids thread contention when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def labels_box(model: torch.nn.Module) -> BlackBox:
     """A black box that answers with labels only."""
 

@@ -20,14 +20,6 @@ from adverse.errors import AdverseError, InputError, ModelError
 from adverse.loading import build_architecture, load_data, load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def net():
     with torch.random.fork_rng(devices=[]):

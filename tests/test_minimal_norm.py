@@ -37,15 +37,6 @@ BATCHES = (1, 3, 8)
 SHAPES = ((8,), (4, 6), (2, 5, 5))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids thread contention when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(name: str, model, x, y, norm: str, target=None, **kw):
     fn, _, _, _ = ATTACKS[name]
     if name == "cw_l2":

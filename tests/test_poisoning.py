@@ -40,14 +40,6 @@ from adverse.zoo import MLP, SmallCNN
 EPOCHS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------ shared training
 @functools.cache
 def digits_train() -> Dataset:

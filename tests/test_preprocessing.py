@@ -14,14 +14,6 @@ from adverse.defenses import JPEG, BitDepth, GaussianNoise, MedianFilter, Random
 from adverse.errors import AdverseError, InputError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n=6, c=1, h=8, w=8, seed=0):
     return torch.rand((n, c, h, w), generator=torch.Generator().manual_seed(seed))
 

@@ -20,14 +20,6 @@ from adverse.zoo import MLP, train_classifier
 TARGETS = (0, 2, 4, 6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     return train_classifier(MLP(64, 10, (128,)), Dataset(x, y, "digits", 10), epochs=60, lr=1e-3, seed=seed)
 

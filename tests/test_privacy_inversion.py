@@ -13,14 +13,6 @@ from adverse.privacy.attribute import fredrikson_inference
 from adverse.zoo import MLP, train_classifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits_setup():
     """Softmax regression trained on one half of the digits; an RBF-SVC evaluator trained on the other half."""

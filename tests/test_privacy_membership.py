@@ -37,14 +37,6 @@ from adverse.zoo import MLP, train_classifier
 N_POOL = 2000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def purchase_like() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import make_classification
 

@@ -15,14 +15,6 @@ from adverse.errors import AdverseError
 from adverse.privacy import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussians(mu: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Members ~ N(mu, 1), non-members ~ N(0, 1): ROC TPR(f) = 1 − Φ(Φ⁻¹(1 − f) − mu), AUC = Φ(mu/√2)."""
     g = torch.Generator().manual_seed(seed)

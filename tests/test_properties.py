@@ -24,15 +24,6 @@ PROPS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthChe
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is fastest, and avoids thrashing on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass(frozen=True)
 class Config:
     attack: str

@@ -32,14 +32,6 @@ SECTIONS = {"summary": "Summary", "curves": "Robust accuracy against ε", "check
             "poisoning": "Poisoning and backdoors", "examples": "Examples", "reproduce": "Reproduce"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     """A small real audit of the bundled model: its results.json and its report."""

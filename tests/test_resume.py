@@ -12,20 +12,11 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 import adverse.evasion  # noqa: F401  (loads the attack modules)
 from adverse.evaluation.audit import STATE_FILE, audit
 
 ARGS = dict(eps=(0.1, 0.3), n=60, steps=5, batch_size=16, checks=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def numbers(d: dict) -> tuple:

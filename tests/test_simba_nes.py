@@ -21,15 +21,6 @@ from adverse.threat import lp_norm
 ATTACKS = {"simba": simba, "nes": nes}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids thread contention when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class NoGradBox:
     """A model seen only through its outputs: records whether gradients were on and any backward pass."""
 

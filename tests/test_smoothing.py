@@ -15,14 +15,6 @@ from adverse.errors import AdverseError, InputError
 from adverse.zoo import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Halfspace(nn.Module):
     """Binary logits ``(−s, s)`` with ``s = w·x + b``: the smoothed classifier is known in closed form.
 

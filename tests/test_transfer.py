@@ -15,14 +15,6 @@ from adverse.errors import InputError, ModelError
 from adverse.evasion.transfer import gaussian_kernel, input_diversity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------- oracle
 @pytest.mark.parametrize("decay", [0.0, 1.0])
 def test_linear_surrogate_gives_the_optimal_linf_perturbation(decay: float) -> None:
