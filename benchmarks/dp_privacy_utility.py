@@ -23,21 +23,13 @@ import time
 import torch
 from torch import nn
 
-from adverse.data import Dataset
+from adverse.data import Dataset, purchase_like
 from adverse.defenses import dp
 from adverse.privacy import ReferenceModels, evaluate, lira, loss_attack
 from adverse.zoo import MLP, train_classifier
 
 N_POOL = 2000
 DELTA = 1e-4  # < 1 / 1,000 training records per model
-
-
-def purchase_like() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=4000, n_features=100, n_informative=30, n_redundant=0, n_classes=20,
-                               n_clusters_per_class=1, flip_y=0, class_sep=1.5, random_state=0)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
 def non_private(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:

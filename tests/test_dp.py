@@ -11,7 +11,7 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 from torch import nn
 
-from adverse.data import digits
+from adverse.data import digits, purchase_like
 from adverse.defenses import dp
 from adverse.errors import InputError, ModelError
 from adverse.zoo import MLP
@@ -128,15 +128,6 @@ def test_bad_parameters(kwargs, match):
     args = {"target_epsilon": 4.0, "delta": 1e-3, "epochs": 1, **kwargs}
     with pytest.raises(InputError, match=match):
         dp.train_dp(small_mlp(), digits("train").subset(100), **args)
-
-
-def purchase_like() -> tuple[torch.Tensor, torch.Tensor]:
-    """Task B of the privacy note (§6): 20 classes, 100 features; 4,000 points (pool 2,000, test 1,000)."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=4000, n_features=100, n_informative=30, n_redundant=0, n_classes=20,
-                               n_clusters_per_class=1, flip_y=0, class_sep=1.5, random_state=0)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
 def lira_tpr_at_1_percent(train_fn, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adverse.data import Dataset
+from adverse.data import Dataset, purchase_like
 from adverse.errors import AdverseError, ModelError
 from adverse.privacy import (
     LiRA,
@@ -35,14 +35,6 @@ from adverse.privacy.threshold import signal
 from adverse.zoo import MLP, train_classifier
 
 N_POOL = 2000
-
-
-def purchase_like() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=4000, n_features=100, n_informative=30, n_redundant=0, n_classes=20,
-                               n_clusters_per_class=1, flip_y=0, class_sep=1.5, random_state=0)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:

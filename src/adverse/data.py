@@ -77,6 +77,18 @@ def tabular(
     return Dataset(torch.from_numpy(xs), torch.from_numpy(ys.astype(np.int64)), "tabular", n_classes)
 
 
+def purchase_like(n_samples: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The synthetic "Purchase-like" membership-inference task (20 classes, 100 features, 30 informative, one
+    cluster per class, no label noise; ``sklearn.datasets.make_classification``): small MLPs overfit it the way
+    they overfit Purchase-100, so membership attacks separate clearly. Features are left unscaled (they are
+    never attacked with an eps budget). Returns ``(x, y)``: float32 (n, 100) and int64 (n,)."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n_samples, n_features=100, n_informative=30, n_redundant=0, n_classes=20,
+                               n_clusters_per_class=1, flip_y=0, class_sep=1.5, random_state=seed)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
 def load_npz(path: str | Path, bounds: tuple[float, float] = (0.0, 1.0)) -> Dataset:
     """Load ``x`` (n, ...) and ``y`` (n,) arrays from a ``.npz`` file, refusing anything else.
 
