@@ -7,19 +7,14 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-import torch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(p for p in DOCS.glob("*.md") if "```python" in p.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    matplotlib.use("Agg")
-    yield
-    torch.set_num_threads(before)
+def _agg_backend():
+    matplotlib.use("Agg")  # figures are written, never shown
 
 
 def blocks(page: Path) -> list[str]:

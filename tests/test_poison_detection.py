@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_poisoning import _one_thread, _same_state, _state, badnets_model, cnn_train_fn, digits_test  # noqa: F401
+from test_poisoning import _same_state, _state, badnets_model, cnn_train_fn, digits_test  # noqa: F401
 from torch import nn
 
 from adverse.data import Dataset
