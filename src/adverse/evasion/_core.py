@@ -137,6 +137,17 @@ def ascent_direction(grad: torch.Tensor, norm: str, x: torch.Tensor | None = Non
     return (d / d.abs().sum(dim=1, keepdim=True).clamp_min(1)).reshape(grad.shape)
 
 
+def momentum_update(g: torch.Tensor, grad: torch.Tensor, mu: float) -> torch.Tensor:
+    """MI-FGSM's accumulator (Dong et al. 2018): ``g ← μ·g + ∇ / ‖∇‖₁``, the L1 norm taken per sample."""
+    l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
+    return mu * g + grad / batch_view(l1, grad)
+
+
+def relative_scale(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Step sizes are relative to eps: a (n, 1, ...) factor ``eps / max(eps)`` for per-sample budgets."""
+    return batch_view(eps / eps.max().clamp_min(1e-12), like)
+
+
 # --------------------------------------------------------------------------------------------- bookkeeping
 def is_adversarial(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     pred = logits.argmax(dim=1)

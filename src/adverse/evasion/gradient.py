@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..threat import clip_to_box, linf_box, project, random_in_ball
-from ._core import Setup, ascent_direction, get_loss, is_adversarial, setup
+from ._core import Setup, ascent_direction, get_loss, is_adversarial, momentum_update, relative_scale, setup
 
 Tensor = torch.Tensor
 
@@ -46,7 +46,7 @@ def _ascend(
         delta = random_in_ball(x0, eps, s.norm, s.generator, s.bounds) if random_start else torch.zeros_like(x0)
         g_acc = torch.zeros_like(x0) if momentum is not None else None
         # constant while the active set is: the step factor and, in L∞, the limits of the projection
-        scale = alpha * _per_sample(eps, x0)
+        scale = alpha * relative_scale(eps, x0)
         box = linf_box(x0, eps, s.bounds) if s.norm == "linf" else None
         for k in range(steps + 1):
             x_k = x0 + delta
@@ -63,24 +63,16 @@ def _ascend(
                 g_acc = None if g_acc is None else g_acc[keep]
                 if idx.numel() == 0:
                     break
-                scale = alpha * _per_sample(eps, x0)
+                scale = alpha * relative_scale(eps, x0)
                 box = None if box is None else (box[0][keep], box[1][keep])
             if g_acc is not None:  # MI-FGSM: accumulate L1-normalized gradients
-                l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
-                g_acc = momentum * g_acc + grad / l1.reshape(-1, *([1] * (grad.dim() - 1)))
-                grad = g_acc
+                g_acc = grad = momentum_update(g_acc, grad, momentum)
             step = ascent_direction(grad, s.norm, x_k, s.bounds, l1_sparsity)
             if box is not None:
                 delta = clip_to_box(delta + scale * step, *box)
             else:
                 delta = project(delta + scale * step, x0, eps, s.norm, s.bounds)
     return tr
-
-
-def _per_sample(eps: Tensor, like: Tensor) -> Tensor:
-    """Step sizes are relative to eps: a (n, 1, ...) factor eps / max(eps)."""
-    m = eps.max().clamp_min(1e-12)
-    return (eps / m).reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def _run(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps, norm, bounds, target, seed, **kw):

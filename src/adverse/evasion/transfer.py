@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError, ModelError
 from ..threat import batch_view, clip_to_box, linf_box, project
-from ._core import Setup, ascent_direction, get_loss, is_adversarial, setup
+from ._core import Setup, ascent_direction, get_loss, is_adversarial, momentum_update, relative_scale, setup
 from ._query import query_setup
 
 Tensor = torch.Tensor
@@ -120,19 +120,18 @@ def _craft(s: Setup, *, steps: int, alpha: float, decay: float, loss: str,
     g = torch.zeros_like(x)
     v = torch.zeros_like(x)
     box = linf_box(x, eps, s.bounds) if s.norm == "linf" else None  # L∞ ∩ box is a fixed box: clipping projects
+    scale = alpha * relative_scale(eps, x)
     for _ in range(steps):
         x_t = x + delta
         g_hat = grad_at(x_t)
-        direction = g_hat + v
-        l1 = direction.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
-        g = decay * g + direction / batch_view(l1, direction)
+        g = momentum_update(g, g_hat + v, decay)
         if vmi_samples:
             neighbours = torch.zeros_like(x)
             for _ in range(vmi_samples):
                 r = (2 * torch.rand(x.shape, generator=s.generator, dtype=x.dtype, device=x.device) - 1)
                 neighbours += grad_at(x_t + vmi_beta * eps_v * r)
             v = neighbours / vmi_samples - g_hat
-        step = alpha * batch_view(eps / eps.max().clamp_min(1e-12), x) * ascent_direction(g, s.norm, x_t, s.bounds)
+        step = scale * ascent_direction(g, s.norm, x_t, s.bounds)
         delta = clip_to_box(delta + step, *box) if box is not None else project(delta + step, x, eps, s.norm, s.bounds)
     return (x + delta).detach()
 
