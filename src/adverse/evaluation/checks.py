@@ -59,6 +59,16 @@ class Check:
         return asdict(self)
 
 
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+         bounds: tuple[float, float], steps: int, seed: int, given: Any = None) -> Any:
+    """The checks' white-box reference, PGD-``steps`` at ``eps``: ``given`` when the caller already ran it
+    (:func:`run_checks` runs it once for every check that compares against it)."""
+    from ..evasion import pgd
+
+    return given if given is not None else pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds,
+                                               seed=seed)
+
+
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with attack_mode(model), torch.no_grad():
         return model(x)
@@ -118,10 +128,11 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shar
 
 
 def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                    bounds: tuple[float, float], steps: int = 20, seed: int = 0, max_robust: float = 0.05) -> Check:
+                    bounds: tuple[float, float], steps: int = 20, seed: int = 0, max_robust: float = 0.05,
+                    white_box: Any = None) -> Check:
     """PGD at eps·2^k up to a budget that can reach any input; robust accuracy must fall to ≤ ``max_robust``
-    and never rise with eps."""
-    from ..evasion import pgd
+    and never rise with eps. ``white_box``: the PGD-``steps`` result at ``eps`` (the first budget), if already
+    computed."""
 
     lo, hi = bounds
     d = x[0].numel()
@@ -131,7 +142,8 @@ def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
         grid.append(e)
         e *= 2
     grid.append(reach)
-    accs = [pgd(model, x, y, eps=g, norm=norm, steps=steps, bounds=bounds, seed=seed).robust_accuracy for g in grid]
+    accs = [_pgd(model, x, y, eps=g, norm=norm, bounds=bounds, steps=steps, seed=seed,
+                 given=white_box if i == 0 and g == float(eps) else None).robust_accuracy for i, g in enumerate(grid)]
     evidence = {"eps": grid, "robust_accuracy": accs}
     rising = any(b > a + 0.02 for a, b in zip(accs, accs[1:]))
     if accs[-1] > max_robust or rising:
@@ -144,11 +156,13 @@ def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
 
 def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                 bounds: tuple[float, float], steps: int = 20, factor: int = 5, seed: int = 0,
-                max_change: float = 0.02) -> Check:
-    """PGD with ``factor``× more steps and restarts must not lower robust accuracy by more than ``max_change``."""
+                max_change: float = 0.02, white_box: Any = None) -> Check:
+    """PGD with ``factor``× more steps and restarts must not lower robust accuracy by more than ``max_change``.
+    ``white_box``: the PGD-``steps`` result at ``eps``, if already computed."""
     from ..evasion import pgd
 
-    base = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed).robust_accuracy
+    base = _pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, seed=seed,
+                given=white_box).robust_accuracy
     more = pgd(model, x, y, eps=eps, norm=norm, steps=steps * factor, restarts=2, bounds=bounds,
                seed=seed + 1).robust_accuracy
     evidence = {"steps": steps, "robust_accuracy": base, "more_steps": steps * factor,
@@ -161,12 +175,12 @@ def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
 
 def check_single_vs_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                               bounds: tuple[float, float], steps: int = 20, seed: int = 0,
-                              max_share: float = 0.01) -> Check:
+                              max_share: float = 0.01, white_box: Any = None) -> Check:
     """FGSM must not fool points that PGD leaves robust (more than ``max_share`` of them)."""
-    from ..evasion import fgsm, pgd
+    from ..evasion import fgsm
 
     f = fgsm(model, x, y, eps=eps, norm=norm, bounds=bounds)
-    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    p = _pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, seed=seed, given=white_box)
     only_fgsm = float((f.success & ~p.success).float().mean())
     evidence = {"fgsm_robust_accuracy": f.robust_accuracy, "pgd_robust_accuracy": p.robust_accuracy,
                 "share_fooled_only_by_fgsm": only_fgsm}
@@ -178,20 +192,20 @@ def check_single_vs_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                     bounds: tuple[float, float], steps: int = 20, max_queries: int = 1000, seed: int = 0,
-                    max_gain: float = 0.05) -> Check:
+                    max_gain: float = 0.05, white_box: Any = None) -> Check:
     """Square (score-based) must not fool more than ``max_gain`` of the points that the white-box attacks leave
     robust. The white-box side is PGD on the cross-entropy, then APGD on the DLR loss for the points PGD leaves
     (a saturated cross-entropy is not masking: AutoAttack flags Square only against its white-box attacks).
     These 2 × ``steps`` white-box steps are weaker than AutoAttack's ensemble, so the margin is wider than its
     0.2 %: on the undefended digits CNN at L∞ 0.1, Square legitimately adds 2 % on 100 points, while masked
     models give gains of tens of percent (tests/test_checks.py)."""
-    from ..evasion import apgd, pgd
+    from ..evasion import apgd
     from ..evasion.square import square
 
     if norm == "l1":
         return Check("black_box", "skip", "no score-based L1 attack is compared", {})
-    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
-    robust = ~p.success
+    p = _pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, seed=seed, given=white_box)
+    robust = ~p.success  # a new tensor: p is the shared PGD result and stays as it is
     if bool(robust.any()):
         classes = _logits(model, x[:1]).shape[1]
         d = apgd(model, x[robust], y[robust], eps=eps, norm=norm, steps=steps, loss="dlr" if classes >= 3 else "margin",
@@ -212,13 +226,13 @@ def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
 
 def check_transfer(model: nn.Module, surrogate: nn.Module | Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
                    *, eps: float, norm: str, bounds: tuple[float, float], steps: int = 20, seed: int = 0,
-                   max_gain: float = 0.01) -> Check:
+                   max_gain: float = 0.01, white_box: Any = None) -> Check:
     """A transfer attack (MI-FGSM on ``surrogate``) must not fool more than ``max_gain`` of the points that
     white-box PGD leaves robust: if a model is harder to attack with its own gradients than with another model's,
     its gradients are masked (Athalye et al. 2018)."""
-    from ..evasion import pgd, transfer
+    from ..evasion import transfer
 
-    p = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+    p = _pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, seed=seed, given=white_box)
     t = transfer(surrogate, model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
     gain = float((t.success & ~p.success).float().mean())
     evidence = {"pgd_robust_accuracy": p.robust_accuracy, "transfer_robust_accuracy": t.robust_accuracy,
@@ -246,16 +260,25 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         raise InputError(f"unknown checks {sorted(unknown)}; choose from {', '.join(CHECKS)}")
     x, y = check_inputs(x, y, bounds)
     kw = {"eps": eps, "norm": norm, "bounds": bounds, "steps": steps, "seed": seed}
+    # the steps, single-vs-iterative, black-box and transfer checks compare with the same PGD run: run it once
+    shared: dict[str, Any] = {}
+
+    def white() -> Any:
+        if "pgd" not in shared:
+            shared["pgd"] = _pgd(model, x, y, **kw)
+        return shared["pgd"]
+
     run = {
         "output": lambda: check_output(model, x),
         "determinism": lambda: check_determinism(model, x),
         "gradients": lambda: check_gradients(model, x, y),
-        "eps_sweep": lambda: check_eps_sweep(model, x, y, **kw),
-        "steps": lambda: check_steps(model, x, y, **kw),
-        "single_vs_iterative": lambda: check_single_vs_iterative(model, x, y, **kw),
-        "black_box": lambda: check_black_box(model, x, y, max_queries=max_queries, **kw),
-        "transfer": lambda: (check_transfer(model, surrogate, x, y, **kw) if surrogate is not None else
-                             Check("transfer", "skip", "no surrogate given (run_checks(..., surrogate=...))", {})),
+        "eps_sweep": lambda: check_eps_sweep(model, x, y, white_box=white(), **kw),
+        "steps": lambda: check_steps(model, x, y, white_box=white(), **kw),
+        "single_vs_iterative": lambda: check_single_vs_iterative(model, x, y, white_box=white(), **kw),
+        "black_box": lambda: check_black_box(model, x, y, max_queries=max_queries, white_box=white(), **kw),
+        "transfer": lambda: (
+            check_transfer(model, surrogate, x, y, white_box=white(), **kw) if surrogate is not None
+            else Check("transfer", "skip", "no surrogate given (run_checks(..., surrogate=...))", {})),
     }
     out: list[Check] = []
     for name in checks:
