@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 
-
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One intra-op thread for the whole run: the models here are small, so one thread is fastest, and it keeps
@@ -109,3 +108,74 @@ def tiny_net():
         net.bn.running_mean.uniform_(-0.1, 0.1)
         net.bn.running_var.uniform_(0.5, 1.5)
     return net
+
+
+# --------------------------------------------------------------------------------------------- black boxes
+class NoGradBox:
+    """A model seen only through its outputs: records whether gradients were on and any backward pass."""
+
+    def __init__(self, model: torch.nn.Module, transform=None) -> None:
+        self.model, self.transform = model, transform
+        self.rows = 0
+        self.grad_enabled_calls = 0
+        self.backwards = 0
+        self.handle = model.register_full_backward_hook(self._hook)
+
+    def _hook(self, *args) -> None:
+        self.backwards += 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        self.grad_enabled_calls += int(torch.is_grad_enabled() or x.requires_grad)
+        out = self.model(x)
+        return out if self.transform is None else self.transform(out)
+
+    def check_no_gradients(self) -> None:
+        self.handle.remove()
+        assert self.grad_enabled_calls == 0 and self.backwards == 0
+        assert all(p.grad is None for p in self.model.parameters())
+
+
+def _exact_linf_robust(clf, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-sample: is a linear classifier (argmax of W x + b) robust at L∞ eps inside [0, 1]? Exact: z_j − z_y
+    is linear, so its largest value over the ball ∩ box moves each coordinate by its room in the sign of
+    w_j − w_y."""
+    flat = x.flatten(1).double()
+    w, b = torch.as_tensor(clf.coef_).double(), torch.as_tensor(clf.intercept_).double()
+    z = flat @ w.T + b
+    robust = z.argmax(1) == y
+    for j in range(w.shape[0]):
+        a = w[j] - w[y]
+        gap = z.gather(1, y[:, None]).squeeze(1) - z[:, j]
+        room = torch.where(a >= 0, (1 - flat).clamp(max=eps), flat.clamp(max=eps))
+        robust &= ~(((a.abs() * room).sum(1) >= gap) & (y != j))
+    return robust
+
+
+@pytest.fixture(scope="session")
+def logistic():
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    from adverse.data import digits
+
+    train = digits("train")
+    with threadpool_limits(1):
+        return LogisticRegression(max_iter=300).fit(train.x.flatten(1).numpy(), train.y.numpy())
+
+
+class PerSampleCounter:
+    """Counts the queries of each sample: every query lies within ``radius`` of exactly one clean input."""
+
+    def __init__(self, model, x: torch.Tensor, radius: float, norm: str) -> None:
+        self.model, self.x, self.radius, self.norm = model, x.flatten(1), radius, norm
+        self.counts = torch.zeros(x.shape[0], dtype=torch.long)
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        diff = q.flatten(1)[:, None, :] - self.x[None]
+        dist = diff.abs().amax(dim=2) if self.norm == "linf" else diff.norm(dim=2)
+        near = dist <= self.radius + 1e-6
+        assert bool((near.sum(dim=1) == 1).all()), "a query is not near exactly one input"
+        self.counts += near.long().sum(dim=0)
+        with torch.no_grad():
+            return self.model(q)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import NoGradBox, PerSampleCounter, _exact_linf_robust
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,31 +17,6 @@ from adverse.evasion import apgd, pgd
 from adverse.evasion.square import meta_pseudo_gaussian, p_selection, square
 from adverse.models import BlackBox
 from adverse.threat import lp_norm
-
-
-class NoGradBox:
-    """A model seen only through its outputs: answers under ``torch.no_grad`` and records any gradient work."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.rows = 0
-        self.backwards = 0
-        self.inputs_requiring_grad = 0
-        self.handle = model.register_full_backward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.backwards += 1
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        self.inputs_requiring_grad += int(x.requires_grad)
-        with torch.no_grad():
-            return self.model(x)
-
-    def check_no_gradients(self) -> None:
-        self.handle.remove()
-        assert self.backwards == 0 and self.inputs_requiring_grad == 0
-        assert all(p.grad is None for p in self.model.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -66,33 +42,6 @@ def test_undefended_cnn_falls_through_a_black_box(digits_cnn, points, norm, eps)
     assert 1 <= r.params["queries_mean"] <= 5000
 
 
-def _exact_linf_robust(clf, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Per-sample: is a linear classifier (argmax of W x + b) robust at L∞ eps inside [0, 1]? Exact: the best
-    perturbation against class j moves every coordinate by its room min(eps, box) in the sign of w_j − w_y."""
-    flat = x.flatten(1).double()
-    w, b = torch.as_tensor(clf.coef_).double(), torch.as_tensor(clf.intercept_).double()
-    z = flat @ w.T + b
-    robust = z.argmax(1) == y
-    for j in range(w.shape[0]):
-        a = w[j] - w[y]
-        gap = z.gather(1, y[:, None]).squeeze(1) - z[:, j]
-        room = torch.where(a >= 0, (1 - flat).clamp(max=eps), flat.clamp(max=eps))
-        robust &= ~(((a.abs() * room).sum(1) >= gap) & (y != j))
-    return robust
-
-
-@pytest.fixture(scope="module")
-def logistic(digits_test):
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    from adverse.data import digits
-
-    train = digits("train")
-    with threadpool_limits(1):
-        return LogisticRegression(max_iter=300).fit(train.x.flatten(1).numpy(), train.y.numpy())
-
-
 def test_logistic_regression_through_a_black_box(logistic, points):
     """scikit-learn's probabilities, through BlackBox (which flattens the images for the estimator): fooled
     everywhere at eps 0.3; at eps 0.1 never below the exact robust accuracy and close to it."""
@@ -114,23 +63,6 @@ def test_logistic_regression_through_a_black_box(logistic, points):
 
 
 # ----------------------------------------------------------------------------------------- query accounting
-class PerSampleCounter:
-    """Counts the queries of each sample: every query lies within eps of exactly one clean input."""
-
-    def __init__(self, model, x: torch.Tensor, radius: float, norm: str) -> None:
-        self.model, self.x, self.radius, self.norm = model, x.flatten(1), radius, norm
-        self.counts = torch.zeros(x.shape[0], dtype=torch.long)
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        diff = q.flatten(1)[:, None, :] - self.x[None]
-        dist = diff.abs().amax(dim=2) if self.norm == "linf" else diff.norm(dim=2)
-        near = dist <= self.radius + 1e-6
-        assert bool((near.sum(dim=1) == 1).all()), "a query is not near exactly one input"
-        self.counts += near.long().sum(dim=0)
-        with torch.no_grad():
-            return self.model(q)
-
-
 @settings(max_examples=15, deadline=None)
 @given(max_queries=st.integers(2, 40), restarts=st.integers(1, 3), norm=st.sampled_from(["linf", "l2"]),
        start=st.integers(0, 500))
