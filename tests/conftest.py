@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from adverse.threat import lp_norm
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
@@ -179,3 +181,24 @@ class PerSampleCounter:
         self.counts += near.long().sum(dim=0)
         with torch.no_grad():
             return self.model(q)
+
+
+# --------------------------------------------------------------------------------------------- minimal-norm oracles
+def check_against_oracle(r, model, x, y, target, opt, norm, typical: float | None = None):
+    """A minimal-norm result on a linear problem against the exact optimum ``opt``: every sample fooled (or sent
+    to ``target``), norms the real norms, between 0.999 × and 1.25 × optimal, and — with ``typical`` — a median
+    ratio ≤ ``typical``; outputs inside [0, 1]."""
+    assert torch.isfinite(opt).all()
+    pred = model(r.x_adv).argmax(dim=1)
+    assert r.success.all()
+    assert (pred == target).all() if target is not None else (pred != y).all()
+    assert r.eps is None and r.norm == norm
+    torch.testing.assert_close(r.norms, lp_norm(r.x_adv - x, norm), rtol=0, atol=1e-12)
+    ratio = r.norms / opt
+    assert (ratio <= 1.25).all(), f"norms above 1.25 × optimal: {ratio.tolist()}"
+    assert (ratio >= 0.999).all(), f"norms below the optimum (bookkeeping bug): {ratio.tolist()}"
+    if typical is not None:
+        assert float(ratio.median()) <= typical, f"the attack should be close to optimal: {ratio.tolist()}"
+    if target is None:
+        assert (r.norms >= 0.999 * optimal_norms(model, x, y, norm)).all()
+    assert ((r.x_adv >= 0) & (r.x_adv <= 1)).all()

@@ -14,7 +14,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import Linear, linear_problem, optimal_norms
+from conftest import Linear, check_against_oracle, linear_problem, optimal_norms
 from scipy.optimize import linprog, minimize
 
 from adverse.errors import InputError
@@ -103,20 +103,6 @@ def problem(n: int, shape: tuple[int, ...], norm: str, targeted: bool):
     model, x, y = linear_problem(n, shape)
     target = model(x).detach().argmin(dim=1) if targeted else None
     return model, x, y, target, exact_optimum(model, x, y, norm, target)
-
-
-def check_against_oracle(r, model, x, y, target, opt, norm):
-    assert torch.isfinite(opt).all()
-    pred = model(r.x_adv).argmax(dim=1)
-    assert r.success.all()
-    assert (pred == target).all() if target is not None else (pred != y).all()
-    assert r.eps is None and r.norm == norm
-    torch.testing.assert_close(r.norms, lp_norm(r.x_adv - x, norm), rtol=0, atol=1e-12)
-    ratio = r.norms / opt
-    assert (ratio <= 1.25).all(), f"norms above 1.25 × optimal: {ratio.tolist()}"
-    assert (ratio >= 0.999).all(), f"norms below the optimum (bookkeeping bug): {ratio.tolist()}"
-    assert (r.norms >= 0.999 * optimal_norms(model, x, y, norm)).all() if target is None else True
-    assert ((r.x_adv >= 0) & (r.x_adv <= 1)).all()
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
