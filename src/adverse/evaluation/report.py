@@ -329,23 +329,108 @@ def _privacy_section(results: Mapping[str, Any], figs: _Figures) -> str:
                       "members / non-members", "warnings"], body) + "</section>")
 
 
-def _poisoning_section(results: Mapping[str, Any], figs: _Figures) -> str:
-    rows = results.get("poisoning", {}).get("attacks", []) if isinstance(results.get("poisoning"), Mapping) else []
+def _detectors_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The poison detectors at one poison rate: detection quality, and the backdoor left after removing what they
+    flagged and retraining."""
     if not rows:
         return ""
-    fig, ax = _per_attack_plot(figs, rows, "poison_rate", "attack_success_rate",
-                               "poison rate (share of training data poisoned)")
-    if all(r["poison_rate"] > 0 for r in rows):
-        ax.set_xscale("log")
-    ax.legend()
-    img = figs.embed(fig, "poisoning_asr", "Attack success rate against poison rate")
-    body = [[_e(r["attack"]), _e(_num(r["poison_rate"])), _e(_num(r.get("n_poison", ""))),
-             _pct(r["attack_success_rate"]), _pct(r.get("clean_accuracy"))] for r in rows]
+    fprs = list(dict.fromkeys(k for r in rows for k in r.get("tpr_at_fpr", {})))
+    body = [[_e(r["detector"]), _e(_num(r.get("params", {}).get("layer", ""))), _e(_num(r["poison_rate"])),
+             "n/a" if r.get("auroc") is None else f"{r['auroc']:.3f}", f"{_pct(r.get('tpr'))} / {_pct(r.get('fpr'))}",
+             *[_pct(r.get("tpr_at_fpr", {}).get(f)) for f in fprs], _e(_num(r.get("after", {}).get("removed"))),
+             _pct(r.get("after", {}).get("attack_success_rate")), _pct(r.get("after", {}).get("clean_accuracy"))]
+            for r in rows]
+    return ("<h3>Finding the poisons</h3><p>Each detector inspects the poisoned training set through the "
+            "poisoned model and flags the samples it suspects; AUROC and TPR at a fixed FPR rate its ranking, TPR / "
+            "FPR its own decision. The flagged samples are then removed and the model is retrained: a low attack "
+            "success rate afterwards means the defense removed the backdoor.</p>"
+            + _table(["detector", "layer", "poison rate", "AUROC", "TPR / FPR", *[f"TPR at FPR {f}" for f in fprs],
+                      "removed", "attack success rate after", "clean accuracy after"], body,
+                     right=tuple(range(2, 8 + len(fprs)))))
+
+
+def _poisoning_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    suite = results.get("poisoning") if isinstance(results.get("poisoning"), Mapping) else {}
+    rows, detectors = suite.get("attacks", []), suite.get("detectors", [])
+    if not rows and not detectors:
+        return ""
+    img = table = ""
+    if rows:
+        fig, ax = _per_attack_plot(figs, rows, "poison_rate", "attack_success_rate",
+                                   "poison rate (share of training data poisoned)")
+        if all(r["poison_rate"] > 0 for r in rows):
+            ax.set_xscale("log")
+        ax.legend()
+        img = figs.embed(fig, "poisoning_asr", "Attack success rate against poison rate")
+        body = [[_e(r["attack"]), _e(_num(r["poison_rate"])), _e(_num(r.get("n_poison", ""))),
+                 _pct(r["attack_success_rate"]), _pct(r.get("clean_accuracy"))] for r in rows]
+        table = _table(["attack", "poison rate", "poisoned samples", "attack success rate", "clean accuracy"], body,
+                       right=(1, 2, 3, 4))
     return ("<section id='poisoning'><h2>Poisoning and backdoors</h2><p>The share of triggered test inputs the "
             "poisoned model sends to the attacker's target, as more of the training data is poisoned; a "
-            "high success rate with unchanged clean accuracy is a stealthy backdoor.</p>" + img
-            + _table(["attack", "poison rate", "poisoned samples", "attack success rate", "clean accuracy"], body,
-                     right=(1, 2, 3, 4)) + "</section>")
+            "high success rate with unchanged clean accuracy is a stealthy backdoor.</p>" + img + table
+            + _detectors_table(detectors) + "</section>")
+
+
+def _certify_rows(method: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows of one certification method: its budget, certified accuracy and count."""
+    out = []
+    for r in method.get("rows", []):
+        if "eps" in r:
+            budget = f"L∞ ε={_num(r['eps'])}"
+        else:
+            covers = [f"{_NORMS.get(k[:-4], k[:-4])} ε={_num(v)}" for k, v in r.items() if k.endswith("_eps")]
+            budget = f"L2 radius {_num(r['radius'])}" + (f" (covers {covers[0]})" if covers else "")
+            if r.get("beyond_max_radius"):
+                budget += " — beyond the largest radius these samples can certify"
+        out.append([_e(method["method"]), _e(budget), _pct(r["certified_accuracy"]), _e(_num(r.get("certified")))])
+    return out
+
+
+def _certify_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    suite = results.get("certify") if isinstance(results.get("certify"), Mapping) else {}
+    methods = suite.get("methods", [])
+    if not methods:
+        return ""
+    done = [m for m in methods if m.get("rows")]
+    img = ""
+    if done:
+        fig = figs.new(5.0 * len(done), 4.2)
+        for i, m in enumerate(done):
+            ax = fig.add_subplot(1, len(done), i + 1)
+            key = "eps" if m["method"] == "ibp" else "radius"
+            pts = sorted((r[key], r["certified_accuracy"]) for r in m["rows"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(m["method"]))
+            if "clean_accuracy" in suite:
+                ax.axhline(suite["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
+            ax.set_xlabel("L∞ ε (IBP)" if key == "eps" else f"L2 radius (smoothing, σ={_num(m.get('sigma'))})")
+            ax.set_ylabel("certified accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        img = figs.embed(fig, "certified_accuracy", "Certified accuracy against the budget for each certifier")
+    notes = []
+    for m in methods:
+        if m.get("status") == "skipped":
+            notes.append(f"<p class='skip'>{_e(m['method'])} was skipped: {_e(m.get('reason', ''))}</p>")
+        elif m["method"] == "smoothing":
+            notes.append(
+                f"<p>Randomized smoothing certifies the smoothed classifier (the majority vote under Gaussian noise of "
+                f"σ={_e(_num(m.get('sigma')))}, {_e(_num(m.get('samples')))} noise samples per input, each "
+                f"certificate wrong with probability at most {_e(_num(m.get('alpha')))}), not the model itself: it "
+                f"is right on {_pct(m.get('smoothed_accuracy'))} of the samples and abstains on "
+                f"{_pct(m.get('abstain_rate'))}; no radius above {_e(_num(m.get('max_radius')))} can be certified "
+                "with this many samples."
+                + (" An L2 ball of radius ε√d contains the L∞ ball of radius ε (d input dimensions), so the L2 "
+                   "radius ε√d certifies L∞ ε." if any("linf_eps" in r for r in m.get("rows", [])) else "")
+                + "</p>")
+    body = [row for m in done for row in _certify_rows(m)]
+    return ("<section id='certify'><h2>Certified robustness</h2><p>A certified accuracy is a proven lower bound: "
+            "at least this share of the samples is classified correctly under every attack within the budget, "
+            "whatever the attacker tries (for smoothing, with high probability). Attacks give upper bounds; the "
+            f"truth lies between.</p>{img}{''.join(notes)}"
+            + (_table(["method", "budget", "certified accuracy", "certified"], body, right=(2, 3)) if body else "")
+            + "</section>")
 
 
 def _image(a: Any) -> Any:
@@ -495,6 +580,7 @@ def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *
         _attacks_section(results),
         _privacy_section(results, figs),
         _poisoning_section(results, figs),
+        _certify_section(results, figs),
         _examples_section(examples, figs),
         _reproduce_section(results),
     ]
