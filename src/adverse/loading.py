@@ -11,8 +11,14 @@ TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code, no
 ``.pt`` / ``.pth`` / …      a ``torch.save``'d state dict, read with ``torch.load(weights_only=True)``; needs
                             ``arch``. A pickled module is refused unless ``trust_pickle=True``: unpickling runs
                             whatever code the file names
-``.onnx``                   converted to a torch module with onnx2torch (``pip install adverse[onnx]``)
+``.onnx``                   a torch module (white box) when onnx2torch is installed; otherwise a
+                            :class:`~adverse.models.BlackBox` that runs the graph with onnxruntime on the CPU
+                            (``pip install 'adverse[onnx]'``): score-based attacks only, no gradients
 ==========================  ==================================================================================
+
+A black box from an ``.onnx`` file is told apart by :func:`is_black_box` (or ``isinstance(model, BlackBox)``);
+it also carries ``source_format = "onnx"``, ``white_box = False`` and ``path``. ONNX files hold a graph and
+weights only, so loading one runs no Python code from the file.
 
 Data (:func:`load_data`): the bundled sets by name (``digits``, ``digits:train``, ``tabular``), ``.npz`` files
 with ``x`` and ``y``, a folder of images with one sub-folder per class (read with Pillow), and CSV files with a
@@ -33,9 +39,12 @@ from torch import nn
 
 from .data import Dataset, digits, load_npz, tabular
 from .errors import InputError, ModelError
+from .models import BlackBox
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+ONNX_CHUNK = 1024  # rows per onnxruntime call when the graph's batch dimension is dynamic
+ONNX_HINT = "pip install 'adverse[onnx]'"
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -83,11 +92,17 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in n for n in z.namelist())
 
 
-def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+def load_model(
+    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False
+) -> nn.Module | BlackBox:
     """Load a model file in eval mode; see the module docstring for the formats.
 
+    Returns a ``torch.nn.Module``, except for an ``.onnx`` file without onnx2torch installed: then a
+    :class:`~adverse.models.BlackBox` (check with :func:`is_black_box`).
+
     Raises :class:`ModelError` for a missing file, a format that needs ``arch`` without it, weights that do
-    not fit the architecture, and a pickled object when ``trust_pickle`` is False (nothing in the file runs).
+    not fit the architecture, a malformed file, and a pickled object when ``trust_pickle`` is False (nothing
+    in the file runs).
     """
     p = Path(path)
     if not p.is_file():
@@ -110,16 +125,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         except Exception as e:
             raise ModelError(f"{p} is not a torch.export archive ({type(e).__name__}: {e})") from e
     if suffix == ".onnx":
-        try:
-            import onnx
-            from onnx2torch import convert
-        except ImportError as e:
-            raise ModelError("ONNX models need the onnx extra: pip install 'adverse[onnx]'") from e
-        try:
-            return convert(onnx.load(str(p))).eval()
-        except Exception as e:
-            raise ModelError(f"{p} could not be converted from ONNX ({type(e).__name__}: {e}); export the model "
-                             "with torch.export or wrap an ONNX runtime session in adverse.BlackBox") from e
+        return load_onnx(p)
     if _is_torchscript(p):
         try:
             return torch.jit.load(str(p), map_location="cpu").eval()
@@ -143,6 +149,102 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     if arch is None:
         raise ModelError(f"{p} holds a state dict; name the architecture with arch= (--arch)")
     return _with_weights(build_architecture(arch), state, p).eval()
+
+
+# --------------------------------------------------------------------------------------------- ONNX
+def is_black_box(model: Any) -> bool:
+    """True when ``model`` can only be queried (a :class:`~adverse.models.BlackBox`, e.g. an ``.onnx`` file
+    loaded without onnx2torch): gradient attacks do not apply, score-based ones (Square, SimBA, NES) do."""
+    return isinstance(model, BlackBox)
+
+
+def load_onnx(path: str | Path) -> nn.Module | BlackBox:
+    """An ``.onnx`` file as a torch module through onnx2torch when it is installed, else as a black box run by
+    onnxruntime; :class:`ModelError` when neither is installed or the file is not a valid ONNX model."""
+    p = Path(path)
+    try:
+        from onnx2torch import convert  # noqa: F401  (optional: only its presence is tested here)
+    except ImportError:
+        return _onnx_black_box(p)
+    return _onnx_to_torch(p)
+
+
+def _onnx_to_torch(p: Path) -> nn.Module:
+    """White box: the ONNX graph converted to a torch module by onnx2torch."""
+    import onnx
+    from onnx2torch import convert
+
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf's DecodeError and onnx's own errors
+        raise ModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {e})") from e
+    try:
+        return convert(model).eval()
+    except Exception as e:
+        raise ModelError(f"{p} could not be converted from ONNX ({type(e).__name__}: {e}); uninstall onnx2torch "
+                         "to load it as a black box through onnxruntime, or export the model with torch.export") from e
+
+
+def _onnx_black_box(p: Path) -> BlackBox:
+    """Black box: an onnxruntime session on the CPU behind :class:`~adverse.models.BlackBox`."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ModelError(f"ONNX models need onnxruntime (or onnx2torch): {ONNX_HINT}") from e
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings on stderr for every session
+    try:
+        session = onnxruntime.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own error types for unreadable or invalid graphs
+        raise ModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e).strip()})") from e
+    box = BlackBox(OnnxRunner(session, p))
+    box.source_format, box.white_box, box.path = "onnx", False, p
+    return box
+
+
+class OnnxRunner:
+    """Runs an onnxruntime session on torch batches: feeds the graph's one input, returns its first output.
+
+    The batch is sent as a contiguous array of the input's dtype (float64 if the graph declares double, else
+    float32), in chunks of the graph's fixed batch size (e.g. 1) or of ``ONNX_CHUNK`` rows when it is dynamic.
+    A graph that declares flat features (n, d) receives images (n, c, h, w) flattened when ``d = c·h·w``.
+    """
+
+    def __init__(self, session: Any, path: Path) -> None:
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise ModelError(f"{path} takes {len(inputs)} inputs ({names}); adverse feeds one batch of inputs, "
+                             "so export the model with a single input")
+        self.session, self.path, self.input = session, path, inputs[0]
+        self.output = session.get_outputs()[0]
+        self.dtype = np.float64 if self.input.type == "tensor(double)" else np.float32
+        first = self.input.shape[0] if self.input.shape else None
+        self.chunk = first if isinstance(first, int) and first > 0 else ONNX_CHUNK
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(self._shaped(x.detach().cpu()).numpy(), dtype=self.dtype)
+        if arr.shape[0] == 0:
+            tail = [d if isinstance(d, int) else 0 for d in self.output.shape[1:]]
+            return torch.empty(0, *tail, device=x.device)
+        outs = [self._run(arr[i:i + self.chunk]) for i in range(0, arr.shape[0], self.chunk)]
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+    def _shaped(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` flattened to (n, d) when the graph declares flat features of that size; else unchanged."""
+        shape = self.input.shape or []
+        if len(shape) == 2 and x.dim() > 2 and shape[1] == x[0].numel():
+            return x.flatten(1)
+        return x
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self.session.run([self.output.name], {self.input.name: batch})[0])
+        except Exception as e:  # onnxruntime's InvalidArgument, Fail, … for inputs the graph does not accept
+            raise ModelError(
+                f"{self.path} rejected a batch of shape {tuple(batch.shape)} ({str(e).strip()}); the graph's "
+                f"input {self.input.name!r} has shape {self.input.shape} and type {self.input.type}"
+            ) from e
 
 
 # --------------------------------------------------------------------------------------------- data
