@@ -145,11 +145,14 @@ def test_square_through_onnx_is_square_through_the_torch_black_box(mlp, data, tm
 
 
 # --------------------------------------------------------------------------------------------- batch shapes
-def test_fixed_batch_of_one_runs_row_by_row(mlp, data, tmp_path):
-    path = tmp_path / "one.onnx"
-    write_mlp(mlp, path, batch=1)
-    x, _ = data
-    torch.testing.assert_close(load_model(path)(x[:9]), _logits(mlp, x[:9]), atol=1e-5, rtol=0)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fixed_batch_size_runs_in_chunks_of_it(mlp, data, tmp_path, batch):
+    path = tmp_path / "fixed.onnx"
+    write_mlp(mlp, path, batch=batch)
+    box = load_model(path)
+    x, _ = data  # 9 rows: with a batch of 4 the last chunk (1 row) is padded
+    torch.testing.assert_close(box(x[:9]), _logits(mlp, x[:9]), atol=1e-5, rtol=0)
+    assert box.queries == 9
 
 
 def test_dynamic_batch_runs_in_chunks(mlp, data, tmp_path, monkeypatch):

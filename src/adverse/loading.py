@@ -206,7 +206,8 @@ class OnnxRunner:
     """Runs an onnxruntime session on torch batches: feeds the graph's one input, returns its first output.
 
     The batch is sent as a contiguous array of the input's dtype (float64 if the graph declares double, else
-    float32), in chunks of the graph's fixed batch size (e.g. 1) or of ``ONNX_CHUNK`` rows when it is dynamic.
+    float32), in chunks of the graph's fixed batch size (e.g. 1; a short last chunk is padded and the padding's
+    answers dropped) or of ``ONNX_CHUNK`` rows when it is dynamic.
     A graph that declares flat features (n, d) receives images (n, c, h, w) flattened when ``d = c·h·w``.
     """
 
@@ -220,7 +221,8 @@ class OnnxRunner:
         self.output = session.get_outputs()[0]
         self.dtype = np.float64 if self.input.type == "tensor(double)" else np.float32
         first = self.input.shape[0] if self.input.shape else None
-        self.chunk = first if isinstance(first, int) and first > 0 else ONNX_CHUNK
+        self.fixed = isinstance(first, int) and first > 0  # the graph accepts batches of exactly this size
+        self.chunk = first if self.fixed else ONNX_CHUNK
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(self._shaped(x.detach().cpu()).numpy(), dtype=self.dtype)
@@ -238,8 +240,11 @@ class OnnxRunner:
         return x
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        rows = batch.shape[0]
+        if self.fixed and rows < self.chunk:  # a fixed batch size: pad the last chunk with its last row
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.chunk - rows, axis=0)])
         try:
-            return np.asarray(self.session.run([self.output.name], {self.input.name: batch})[0])
+            return np.asarray(self.session.run([self.output.name], {self.input.name: batch})[0])[:rows]
         except Exception as e:  # onnxruntime's InvalidArgument, Fail, … for inputs the graph does not accept
             raise ModelError(
                 f"{self.path} rejected a batch of shape {tuple(batch.shape)} ({str(e).strip()}); the graph's "
