@@ -93,16 +93,17 @@ def _check_norm(value: str) -> str:
 @app.command()
 def audit(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for results.json (created if missing).")
-    ] = Path("adverse-audit"),
+        Path | None, typer.Option("--out", "-o", help="Folder for results.json (created if missing).",
+                                  show_default="adverse-audit")
+    ] = None,
     eps: Annotated[
-        str,
-        typer.Option("--eps", callback=lambda v: _parse_eps(v),
-                     help="Comma-separated budgets in input units (inputs lie in [0, 1])."),
-    ] = DEFAULT_EPS,
+        str | None,
+        typer.Option("--eps", help="Comma-separated budgets in input units (inputs lie in [0, 1]).",
+                     show_default=DEFAULT_EPS),
+    ] = None,
     norm: Annotated[
-        str, typer.Option("--norm", callback=lambda v: _check_norm(v), help="Threat model: linf, l2 or l1.")
-    ] = "linf",
+        str | None, typer.Option("--norm", help="Threat model: linf, l2 or l1.", show_default="linf")
+    ] = None,
     n: Annotated[
         int | None, typer.Option("--n", min=1, help="Audit only the first N samples.", show_default="all")
     ] = None,
@@ -110,7 +111,9 @@ def audit(
         int | None,
         typer.Option("--steps", min=1, help="Iterations of PGD and APGD-CE.", show_default="40 and 100"),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every attack's randomness.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Seed of all randomness.", show_default="0")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's")
     ] = None,
@@ -118,8 +121,19 @@ def audit(
         bool, typer.Option("--json", help="Print the results as JSON on stdout, and nothing else there.")
     ] = False,
     checks: Annotated[
-        bool, typer.Option("--checks/--no-checks", help="Run the gradient-masking sanity checks.")
-    ] = True,
+        bool | None, typer.Option("--checks/--no-checks", help="Run the gradient-masking sanity checks.",
+                                  show_default="checks")
+    ] = None,
+    suites: Annotated[
+        str | None,
+        typer.Option("--suites", help="Comma-separated suites: evasion, privacy, poisoning, certify.",
+                     show_default="every suite the inputs allow"),
+    ] = None,
+    autoattack: Annotated[
+        str | None,
+        typer.Option("--autoattack", help="Confirm robust accuracy with AutoAttack: fast, standard or off.",
+                     show_default="fast"),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option("--model", help="Model file: .safetensors (with --arch), .pt2 (torch.export), TorchScript, "
@@ -132,44 +146,68 @@ def audit(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Data: digits, tabular (':train' for the train split), a .npz file (x, y), "
-                                    "a .csv file, or a folder of images per class.", show_default="digits test"),
+        typer.Option("--data", help="Data to audit on: digits, tabular (':train' for the train split), a .npz "
+                                    "file (x, y), a .csv file, or a folder of images per class.",
+                     show_default="digits test"),
+    ] = None,
+    train_data: Annotated[
+        str | None,
+        typer.Option("--train-data", help="The model's training data (same forms as --data): enables the privacy "
+                                          "suite, and with --recipe the poisoning suite."),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="How the model was trained: a zoo name (digits-cnn) or "
+                                      "package.module:function, called as recipe(dataset, seed) -> model."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="A TOML file with the audit's settings (flags given here win); see "
+                                      "docs/guide.md."),
     ] = None,
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow unpickling a model file (it can run arbitrary code).")
     ] = False,
     executor: Annotated[
-        str, typer.Option("--executor", help="Where attack batches run: local, or ray (pip install 'adverse[ray]').")
-    ] = "local",
+        str | None, typer.Option("--executor", help="Where attack batches run: local, or ray "
+                                                    "(pip install 'adverse[ray]').", show_default="local")
+    ] = None,
     ray_address: Annotated[
         str | None,
         typer.Option("--ray-address", help="A running Ray cluster (host:port or ray://host:port).",
                      show_default="a local Ray instance"),
     ] = None,
 ) -> None:
-    """Audit robustness: clean accuracy, and robust accuracy under FGSM, PGD and APGD-CE at each eps.
+    """Audit a model: robustness (evasion), privacy (membership inference), poisoning (backdoors) and
+    certified robustness.
 
-    With no model, audits the bundled digits CNN (trained once, ~10 s, then cached) on the bundled digits test split.
+    With no model, audits the bundled digits CNN (trained once, ~10 s, then cached) on the bundled digits test
+    split, with every suite.
 
     Writes OUT/results.json and OUT/report.html (with its figures in OUT/figures/).
     """
     from .errors import AdverseError
 
     err = _stderr()
-    eps_values: list[float] = eps  # type: ignore[assignment]  # parsed by _parse_eps
     try:
-        if out.exists() and not out.is_dir():
-            raise AdverseError(f"--out {out} exists and is not a folder; choose another folder")
-        out.mkdir(parents=True, exist_ok=True)
-        loaded = _load(model, arch, data, trust_pickle)
-        runner = _executor(executor, ray_address)
-        result = _run_audit(eps_values, norm, n, steps, seed, threads, checks, loaded, out, runner, err)
-        path = result.save(out)
+        settings = _settings(locals())
+        out_dir = Path(settings.pop("out"))
+        if out_dir.exists() and not out_dir.is_dir():
+            raise AdverseError(f"--out {out_dir} exists and is not a folder; choose another folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
+                       settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"))
+        runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
+        result = _run_audit(settings, loaded, out_dir, runner, err)
+        path = result.save(out_dir)
         from .evaluation.report import render_report
 
-        report_path = render_report(result.to_dict(), out)
+        report_path = render_report(result.to_dict(), out_dir, examples=result.examples)
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    except typer.BadParameter as e:
+        err.print(f"[bold red]Error:[/] {escape(e.format_message())}")
         raise typer.Exit(2) from None
     except OSError as e:
         err.print(f"[bold red]Error:[/] cannot write to {escape(str(out))}: {escape(e.strerror or str(e))}")
@@ -190,18 +228,72 @@ def audit(
         err.print(f"Report written to {escape(str(report_path))}")
         return
     con = _stdout()
-    con.print(_table(result))
-    con.print("[dim]Robust accuracy: classified correctly and no adversarial input found within ε. "
-              "Worst case: no attack succeeded at this ε or a smaller one.[/]")
+    if result.attacks:
+        con.print(_table(result))
+        con.print("[dim]Robust accuracy: classified correctly and no adversarial input found within ε. "
+                  "Worst case: no attack succeeded at this ε or a smaller one.[/]")
+    else:
+        con.print(f"Clean accuracy: {_pct(result.clean_accuracy)} on {result.n} samples.")
+    if result.autoattack is not None and "message" in result.autoattack:
+        con.print(("[bold yellow]" if result.autoattack.get("status") == "warn" else "")
+                  + escape(result.autoattack["message"]))
     if result.checks:
         con.print(_checks_table(result))
         warned = [c for c in result.checks if c["status"] == "warn"]
         if warned:
             con.print(f"[bold yellow]{len(warned)} check(s) warn: the robust accuracies above may over-estimate "
                       "the truth.[/]")
+    for line in _suite_lines(result):
+        con.print(line)
     con.print(f"Results written to [bold]{escape(str(path))}[/] "
               f"({result.seconds['total']:.1f} s, seed {result.config['seed']}).")
     con.print(f"Report written to [bold]{escape(str(report_path))}[/].")
+
+
+def _settings(args: dict[str, Any]) -> dict[str, Any]:
+    """Command-line flags over the ``--config`` file over the defaults: the audit's keyword arguments plus
+    ``out``, the model/data specs and the executor."""
+    from .config import load_config
+    from .errors import AdverseError
+
+    cfg = load_config(args["config"]) if args["config"] is not None else {}
+    ev, mdl, dat = cfg.get("evasion", {}), cfg.get("model", {}), cfg.get("data", {})
+
+    def pick(flag: Any, value: Any, default: Any) -> Any:
+        return flag if flag is not None else (value if value is not None else default)
+
+    eps = _parse_eps(args["eps"]) if args["eps"] is not None else ev.get("eps", _parse_eps(DEFAULT_EPS))
+    norm = _check_norm(pick(args["norm"], ev.get("norm"), "linf"))
+    suites = args["suites"].split(",") if args["suites"] is not None else cfg.get("suites")
+    if suites is not None:
+        suites = [s.strip() for s in suites if s.strip()]
+    autoattack = pick(args["autoattack"], ev.get("autoattack"), "fast")
+    if autoattack not in ("fast", "standard", "off"):
+        raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
+    if args["model"] is None and args["data"] is None and "file" not in mdl:
+        if args["arch"] is not None:
+            raise AdverseError("--arch needs --model")
+    return {
+        "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
+        "model_file": pick(args["model"], mdl.get("file"), None),
+        "arch": pick(args["arch"], mdl.get("arch"), None),
+        "trust_pickle": args["trust_pickle"] or bool(mdl.get("trust_pickle", False)),
+        "data_spec": pick(args["data"], dat.get("test"), None),
+        "train_spec": pick(args["train_data"], dat.get("train"), None),
+        "recipe_spec": pick(args["recipe"], dat.get("recipe"), None),
+        "executor": pick(args["executor"], cfg.get("executor"), "local"),
+        "ray_address": pick(args["ray_address"], cfg.get("ray_address"), None),
+        "threads": pick(args["threads"], cfg.get("threads"), None),
+        "audit": {
+            "eps": eps, "norm": norm, "n": pick(args["n"], ev.get("n"), None),
+            "steps": pick(args["steps"], ev.get("steps"), None), "seed": pick(args["seed"], cfg.get("seed"), 0),
+            "checks": pick(args["checks"], ev.get("checks"), True), "suites": suites,
+            "autoattack": None if autoattack == "off" else autoattack,
+            **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
+               if k in ev},
+            **{k: cfg[k] for k in ("privacy", "poisoning", "certify") if k in cfg},
+        },
+    }
 
 
 @app.command()
@@ -217,13 +309,14 @@ def report(
 
     from .errors import AdverseError
     from .evaluation.audit import RESULTS_FILE, AuditResult
-    from .evaluation.report import render_report
+    from .evaluation.report import load_examples, render_report
 
     err = _stderr()
     src = results_json / RESULTS_FILE if results_json.is_dir() else results_json
     try:
         AuditResult.load(src)  # validates: JSON object, schema_version, required fields
-        path = render_report(json.loads(src.read_text(encoding="utf-8")), out if out is not None else src.parent)
+        path = render_report(json.loads(src.read_text(encoding="utf-8")), out if out is not None else src.parent,
+                             examples=load_examples(src.parent))
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
@@ -247,25 +340,31 @@ def _executor(name: str, address: str | None) -> Any:
     return RayExecutor(address)
 
 
-def _load(model: Path | None, arch: str | None, data: str | None, trust_pickle: bool) -> tuple[Any, Any, dict]:
-    """The user's model and data (None, None for the bundled default), and what to record about them."""
+def _load(model: Path | str | None, arch: str | None, data: str | None, train: str | None, recipe: str | None,
+          trust_pickle: bool) -> dict[str, Any]:
+    """The user's model, data, training data and recipe (None for the bundled default), and what to record."""
     from .errors import AdverseError
+    from .loading import load_data, load_model, load_recipe
 
+    loaded: dict[str, Any] = {"model": None, "data": None, "train_data": None,
+                              "recipe": load_recipe(recipe) if recipe is not None else None, "info": {}}
     if model is None and data is None:
         if arch is not None:
             raise AdverseError("--arch needs --model")
-        return None, None, {}
+        if train is not None:
+            raise AdverseError("--train-data needs --model and --data (the demo knows its own training data)")
+        return loaded
     if model is None or data is None:
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
-    from .loading import load_data, load_model
+    loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    loaded["data"] = load_data(data)
+    if train is not None:
+        loaded["train_data"] = load_data(train)
+    loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe}
+    return loaded
 
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    dataset = load_data(data)
-    return net, dataset, {"file": str(model), "arch": arch, "data": data}
 
-
-def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, seed: int, threads: int | None,
-               checks: bool, loaded: tuple[Any, Any, dict], out: Path, runner: Any, err: Console) -> AuditResult:
+def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runner: Any, err: Console) -> AuditResult:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -276,10 +375,10 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
         TimeRemainingColumn,
     )
 
-    if threads is not None:
+    if settings["threads"] is not None:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings["threads"])
     from .evaluation.audit import audit
 
     columns = (
@@ -289,17 +388,54 @@ def _run_audit(eps: list[float], norm: str, n: int | None, steps: int | None, se
     )
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("starting", total=None)
+        current = {"description": ""}
 
         def progress(description: str, completed: float, total: float) -> None:
-            bar.update(task, description=description, completed=completed, total=total)
+            if description != current["description"]:  # a new step: its own bar and time estimate
+                current["description"] = description
+                bar.reset(task, description=description, total=total, completed=completed)
+            else:
+                bar.update(task, completed=completed, total=total)
 
-        net, dataset, info = loaded
-        result = audit(net, dataset, eps=eps, norm=norm, n=n, steps=steps, seed=seed, checks=checks,
-                       state_dir=out, executor=runner, progress=progress)
+        result = audit(loaded["model"], loaded["data"], train_data=loaded["train_data"], recipe=loaded["recipe"],
+                       state_dir=out, executor=runner, progress=progress, **settings["audit"])
+        info = loaded["info"]
         if info:
             result.model.update(file=info["file"], arch=info["arch"])
             result.data.update(spec=info["data"])
+            if info["train"] is not None:
+                result.data.setdefault("train", {})["spec"] = info["train"]
+        if loaded["recipe"] is not None and info.get("recipe"):
+            result.model["recipe_spec"] = info["recipe"]
         return result
+
+
+def _suite_lines(result: AuditResult) -> list[str]:
+    """One line per privacy, poisoning and certify suite that ran: its headline number."""
+    lines = []
+    if result.privacy:
+        rows = result.privacy.get("attacks", [])
+        if rows:
+            best = max(rows, key=lambda r: r.get("auc") or 0.0)
+            tpr = best.get("tpr_at_fpr", {}).get("0.01")
+            lines.append(f"Privacy: the strongest membership attack ({escape(best['attack'])}) reaches AUC "
+                         f"{best['auc']:.3f}" + (f", TPR {_pct(tpr)} at 1% FPR" if tpr is not None else "")
+                         + " (0.5 = no leak).")
+    if result.poisoning:
+        rows = result.poisoning.get("attacks", [])
+        if rows:
+            top = max(rows, key=lambda r: r.get("poison_rate", 0))
+            lines.append(f"Poisoning: BadNets with {_pct(top['poison_rate'])} of the training data poisoned "
+                         f"reaches {_pct(top['attack_success_rate'])} attack success, clean accuracy "
+                         f"{_pct(top.get('clean_accuracy') or 0)}.")
+    if result.certify:
+        for m in result.certify.get("methods", []):
+            rows = m.get("rows") or []
+            if rows:
+                key = "eps" if "eps" in rows[0] else "radius"
+                lines.append(f"Certified ({escape(str(m.get('method')))}): "
+                             + ", ".join(f"{_pct(r['certified_accuracy'])} at {key} {r[key]:.3g}" for r in rows))
+    return lines
 
 
 def _table(result: AuditResult) -> Any:

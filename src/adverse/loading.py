@@ -48,18 +48,22 @@ ONNX_HINT = "pip install 'adverse[onnx]'"
 
 
 # --------------------------------------------------------------------------------------------- models
+def _import(spec: str, what: str, form: str) -> Any:
+    """The object ``package.module:name`` names (the user's own code, imported on their request)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ModelError(f"cannot import the {what} {spec!r} ({e}); give '{form}' with the package on "
+                         "PYTHONPATH") from e
+
+
 def build_architecture(arch: str) -> nn.Module:
     """An untrained module from ``arch``: a zoo class or recipe name, or ``package.module:factory``."""
     from . import zoo
 
     if ":" in arch:
-        module_name, _, attr = arch.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ModelError(f"cannot import the architecture {arch!r} ({e}); give 'package.module:factory' "
-                             "with the package on PYTHONPATH") from e
-        model = factory()
+        model = _import(arch, "architecture", "package.module:factory")()
     elif arch in zoo.RECIPES:
         model = zoo._build(zoo.RECIPES[arch]["arch"])
     elif arch == "SmallCNN":
@@ -72,6 +76,22 @@ def build_architecture(arch: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"{arch!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def load_recipe(spec: str) -> Any:
+    """A training recipe ``recipe(dataset, seed) -> model`` from ``spec``: a zoo model name (its recipe, e.g.
+    ``digits-cnn``) or ``package.module:function`` (the user's own training function)."""
+    from . import zoo
+
+    if ":" in spec:
+        fn = _import(spec, "training recipe", "package.module:function")
+        if not callable(fn):
+            raise ModelError(f"{spec!r} is a {type(fn).__name__}, not a function recipe(dataset, seed) -> model")
+        return fn
+    if spec in zoo.RECIPES:
+        return zoo.recipe(spec)
+    raise ModelError(f"unknown training recipe {spec!r}; use one of {', '.join(zoo.RECIPES)} or "
+                     "'package.module:function' (a function recipe(dataset, seed) -> trained model)")
 
 
 def _with_weights(model: nn.Module, state: Any, path: Path) -> nn.Module:

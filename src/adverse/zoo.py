@@ -125,6 +125,38 @@ def _build(arch: str) -> nn.Module:
     return SmallCNN() if arch == "SmallCNN" else MLP(64, 10)
 
 
+def recipe(name: str = "digits-cnn") -> Callable[[Dataset, int], nn.Module]:
+    """The training recipe of a zoo model as ``train_fn(dataset, seed) -> model``: the same architecture and
+    training as :func:`pretrained` (which is ``recipe(name)(digits("train"), RECIPES[name]["seed"])``), for audits
+    that retrain the model (reference models for membership inference, poisoned retraining).
+
+    The weights are initialized under ``torch.manual_seed(seed)`` inside a forked RNG, so the caller's global
+    random state is untouched.
+    """
+    if name not in RECIPES:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(RECIPES)}")
+    return _Recipe(name)
+
+
+class _Recipe:
+    """A picklable ``train_fn(dataset, seed)`` for a zoo recipe (executors such as Ray ship it to workers)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"adverse.zoo.recipe({self.name!r})"
+
+    def __call__(self, data: Dataset, seed: int) -> nn.Module:
+        r = RECIPES[self.name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(r["arch"])
+        adv = r["adversarial"]
+        perturb = pgd_perturb(adv["eps"], adv["steps"], adv["norm"]) if adv else None
+        return train_classifier(model, data, epochs=r["epochs"], lr=r["lr"], seed=seed, perturb=perturb)
+
+
 def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = False) -> nn.Module:
     """A model from :data:`RECIPES`, trained on the bundled digits (train split) or loaded from the cache.
 
@@ -140,18 +172,15 @@ def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = 
     recipe = RECIPES[name]
     key = hashlib.sha256(json.dumps([name, recipe, torch.__version__.split("+")[0]], sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.safetensors"
-    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
-        torch.manual_seed(recipe["seed"])
-        model = _build(recipe["arch"])
     if cache and path.is_file():
+        with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
+            torch.manual_seed(recipe["seed"])
+            model = _build(recipe["arch"])
         model.load_state_dict(load_file(str(path)))
         return model.eval()
     if verbose:
         print(f"training {name} (cached afterwards at {path})")
-    adv = recipe["adversarial"]
-    perturb = pgd_perturb(adv["eps"], adv["steps"], adv["norm"]) if adv else None
-    train_classifier(model, digits("train"), epochs=recipe["epochs"], lr=recipe["lr"], seed=recipe["seed"],
-                     perturb=perturb)
+    model = _Recipe(name)(digits("train"), recipe["seed"])
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

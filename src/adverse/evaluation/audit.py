@@ -36,8 +36,12 @@ RESULTS_FILE = "results.json"
 STATE_FILE = ".audit-state.json"
 DEFAULT_EPS = (0.05, 0.1, 0.2, 0.3)
 DEFAULT_MODEL = "digits-cnn"
-ATTACKS = ("fgsm", "pgd", "apgd-ce")
+EXAMPLES_FILE = "examples.npz"
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "square")
+DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd-ce")
 DEFAULT_STEPS = {"pgd": 40, "apgd-ce": 100}
+SQUARE_QUERIES = 1000
+SUITES = ("evasion", "privacy", "poisoning", "certify")
 
 ProgressFn = Callable[[str, float, float], None]
 """``progress(description, completed, total)``: work done so far, in arbitrary units that add up to ``total``."""
@@ -64,6 +68,11 @@ class AuditResult:
     checks : the sanity checks of :mod:`adverse.evaluation.checks` (``name``, ``status`` "pass"/"warn"/"skip",
         ``message``, ``evidence``), run at ``config["checks"]["eps"]`` on ``config["checks"]["n"]`` points; a
         "warn" means the robust accuracies above may over-estimate the truth.
+    suites : the suites that ran, in order (:data:`SUITES`).
+    minimal_norm : the evasion suite's minimal-norm curve (:func:`adverse.evaluation.confirm.minimal_norm_curve`).
+    autoattack : AutoAttack's confirmation at one eps (:func:`adverse.evaluation.confirm.autoattack_confirmation`).
+    privacy, poisoning, certify : what those suites found (see their modules), or None when they did not run.
+    examples : clean and adversarial images for the report (saved as ``examples.npz``, not in ``results.json``).
     fooled : per-sample outcomes, ``fooled[(attack, eps)]`` and ``fooled[("worst-case", eps)]`` bool arrays
         (True: not robust); kept in memory only (not in ``results.json``).
     """
@@ -80,7 +89,14 @@ class AuditResult:
     seconds: dict[str, float]
     created: str
     checks: list[dict[str, Any]] = field(default_factory=list)
+    suites: list[str] = field(default_factory=lambda: ["evasion"])
+    minimal_norm: dict[str, Any] | None = None
+    autoattack: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None
+    poisoning: dict[str, Any] | None = None
+    certify: dict[str, Any] | None = None
     fooled: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    examples: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def robust_accuracy(self, attack: str, eps: float) -> float:
         """Robust accuracy under ``attack`` (or ``"worst-case"``) at ``eps``."""
@@ -108,6 +124,9 @@ class AuditResult:
             "budget": self.budget,
             "seconds": self.seconds,
             "checks": self.checks,
+            "suites": self.suites,
+            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify")
+               if (v := getattr(self, k)) is not None},
         }
 
     def to_json(self) -> str:
@@ -125,6 +144,14 @@ class AuditResult:
             raise InputError(f"{out} exists and is not a folder; choose another output folder")
         out.mkdir(parents=True, exist_ok=True)
         path = out / RESULTS_FILE
+        if self.examples is not None:
+            import io
+
+            import numpy as np
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **self.examples)
+            write_atomic(out / EXAMPLES_FILE, buf.getvalue())
         write_atomic(path, self.to_json())
         with contextlib.suppress(FileNotFoundError):  # the audit is complete: its resume state is done with
             (out / STATE_FILE).unlink()
@@ -144,6 +171,8 @@ class AuditResult:
                 worst_case=list(d["worst_case"]), config=dict(d["config"]), model=dict(d["model"]),
                 data=dict(d["data"]), environment=dict(d["environment"]), budget=dict(d["budget"]),
                 seconds=dict(d["seconds"]), created=d["created"], checks=list(d.get("checks", [])),
+                suites=list(d.get("suites", ["evasion"])),
+                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify") if k in d},
             )
         except KeyError as e:
             raise InputError(f"audit results lack the field {e.args[0]!r}; the file is not an adverse audit") from e
@@ -188,7 +217,7 @@ class _Checkpoint:
 
     def __init__(self, folder: str | os.PathLike[str] | None, key: str) -> None:
         self.path = None if folder is None else Path(folder) / STATE_FILE
-        self.data: dict[str, Any] = {"key": key, "batches": {}, "checks": None}
+        self.data: dict[str, Any] = {"key": key, "batches": {}, "checks": None, "parts": {}}
         if self.path is not None and self.path.is_file():
             with contextlib.suppress(OSError, ValueError):
                 old = json.loads(self.path.read_text(encoding="utf-8"))
@@ -209,6 +238,15 @@ class _Checkpoint:
     def put_checks(self, rows: list[dict[str, Any]]) -> None:
         self.data["checks"] = rows
         self._write()
+
+    def part(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The finished part ``name`` (a suite, the minimal-norm curve, ...) from the state, or ``compute()``
+        saved to the state as soon as it returns (JSON-ready values only)."""
+        parts = self.data.setdefault("parts", {})
+        if name not in parts:
+            parts[name] = compute()
+            self._write()
+        return parts[name]
 
     def _write(self) -> None:
         if self.path is not None:
@@ -314,43 +352,76 @@ def audit(
     norm: str = "linf",
     n: int | None = None,
     steps: int | Mapping[str, int] | None = None,
-    attacks: Sequence[str] = ATTACKS,
+    attacks: Sequence[str] = DEFAULT_ATTACKS,
     batch_size: int = 256,
     seed: int = 0,
     checks: bool = True,
     check_n: int = 100,
+    suites: Sequence[str] | None = None,
+    train_data: Dataset | tuple[Any, Any] | None = None,
+    recipe: Callable[[Any, int], Any] | None = None,
+    minimal_norm: bool = True,
+    autoattack: str | None = "fast",
+    autoattack_n: int = 100,
+    examples: bool = True,
+    privacy: Mapping[str, Any] | None = None,
+    poisoning: Mapping[str, Any] | None = None,
+    certify: Mapping[str, Any] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     executor: Any = None,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
-    """Measure how robust ``model`` is on ``data``: clean accuracy, and robust accuracy under FGSM, PGD and
-    APGD-CE at each ``eps``, plus the worst case per sample over the attacks.
+    """Audit ``model`` on ``data``: how robust it is (evasion), how private (privacy), how easily its training
+    can be backdoored (poisoning), and what can be proven (certify).
+
+    The **evasion** suite measures clean accuracy, robust accuracy under FGSM, PGD and APGD-CE (optionally Square,
+    a black-box attack) at each ``eps`` and the worst case per sample; the robust-accuracy-vs-eps curve from a
+    minimal-norm attack (FMN), confirmed at one eps by AutoAttack; and the gradient-masking sanity checks
+    (white-box vs black-box vs transfer among them). The other suites run the functions of
+    :mod:`~adverse.evaluation.privacy_suite`, :mod:`~adverse.evaluation.poisoning_suite` and
+    :mod:`~adverse.evaluation.certify_suite`.
 
     Parameters
     ----------
     model : a torch module returning logits for inputs inside ``data.bounds``. None audits the bundled
-        demo model (``adverse.zoo.pretrained("digits-cnn")``, trained once on first use and cached).
-    data : an :class:`adverse.data.Dataset` or a pair ``(x, y)`` (tensors or numpy arrays). None means the
-        bundled digits test split (only with ``model=None``).
+        demo model (``adverse.zoo.pretrained("digits-cnn")``, trained once on first use and cached), with its
+        training data and recipe known, so every suite applies.
+    data : an :class:`adverse.data.Dataset` or a pair ``(x, y)`` (tensors or numpy arrays): the held-out data
+        to audit on. None means the bundled digits test split (only with ``model=None``).
     eps : the budgets, in input units; audited in increasing order.
     norm : "linf", "l2" or "l1".
     n : audit only the first ``n`` samples (None: all).
     steps : iterations of the iterative attacks: an int for all of them, or a mapping such as
         ``{"pgd": 40, "apgd-ce": 100}`` (the defaults).
-    attacks : a subset of ``("fgsm", "pgd", "apgd-ce")``.
+    attacks : a subset of :data:`ATTACKS` (default FGSM, PGD and APGD-CE; "square" adds the black-box Square
+        attack with 1,000 queries).
     batch_size : samples per attack call; every batch of every attack gets ``seed``.
     seed : the seed of every attack's randomness; the same call gives the same numbers.
     checks : run the gradient-masking checks of :mod:`adverse.evaluation.checks` on the first ``check_n`` points,
         at the budget whose worst-case robust accuracy is closest to half the clean accuracy (where the checks
-        discriminate best).
+        discriminate best). With a ``recipe``, a surrogate trained by it enables the transfer check.
+    suites : which of :data:`SUITES` to run. None runs every suite the inputs allow: evasion and certify always,
+        privacy when ``train_data`` (the model's training points) is known, poisoning when a ``recipe`` is too.
+    train_data : the model's training data (members for membership inference; the clean set the poisoning
+        suite poisons). Known for the bundled demo.
+    recipe : how the model was trained, ``recipe(dataset, seed) -> model`` (e.g. ``adverse.zoo.recipe(name)``):
+        enables reference models (LiRA, RMIA), the poisoning suite and the transfer check.
+    minimal_norm : compute the minimal-norm curve (FMN, 100 steps) in the evasion suite.
+    autoattack : "fast" (APGD-CE + APGD-T), "standard" (the full AutoAttack) or None: confirm the robust
+        accuracy at the checks' eps on the first ``autoattack_n`` points.
+    examples : keep PGD adversarial examples of the first 8 images for the report (image data only).
+    privacy, poisoning, certify : keyword options of :func:`~adverse.evaluation.privacy_suite.privacy_suite`,
+        :func:`~adverse.evaluation.poisoning_suite.poisoning_suite` and
+        :func:`~adverse.evaluation.certify_suite.certify_suite` (e.g. ``privacy={"references": 4}``).
     state_dir : a folder for the audit's resume state (``.audit-state.json``, rewritten atomically after every
-        batch). If the audit is interrupted, rerunning it with the same model, data, settings and ``state_dir``
-        reuses every finished batch and gives the same result as an uninterrupted run. :meth:`AuditResult.save`
-        into that folder removes the state.
-    executor : where the attack batches run: None / "local" (in-process), "ray", or an executor object from
-        :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets ``seed``, so the numbers
-        do not depend on the executor.
-    progress : ``progress(description, completed, total)``, called as work completes (for progress bars).
+        batch and every finished part). If the audit is interrupted, rerunning it with the same model, data,
+        settings and ``state_dir`` reuses every finished batch and part and gives the same result as an
+        uninterrupted run. :meth:`AuditResult.save` into that folder removes the state.
+    executor : where the attack batches and reference models run: None / "local" (in-process), "ray", or an
+        executor object from :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets
+        ``seed``, so the numbers do not depend on the executor.
+    progress : ``progress(description, completed, total)``, called as work completes (for progress bars); each
+        step reports its own total.
 
     Returns
     -------
@@ -365,6 +436,7 @@ def audit(
     from .. import __version__
     from ..evasion.apgd import apgd
     from ..evasion.gradient import fgsm, pgd
+    from ..evasion.square import square
     from ..execution import Task, get_executor, imap_tasks
     from ..models import attack_mode
     from ..threat import check_norm
@@ -379,6 +451,13 @@ def audit(
     if n is not None:
         n = _check_int("n", n, 1)
     check_n = _check_int("check_n", check_n, 1)
+    autoattack_n = _check_int("autoattack_n", autoattack_n, 1)
+    if autoattack is not None and autoattack not in ("fast", "standard"):
+        raise InputError(f"autoattack must be 'fast', 'standard' or None, got {autoattack!r}")
+    options = {k: _check_options(k, v) for k, v in (("privacy", privacy), ("poisoning", poisoning),
+                                                    ("certify", certify))}
+    if recipe is not None and not callable(recipe):
+        raise InputError(f"recipe must be a callable recipe(dataset, seed) -> model, got {type(recipe).__name__}")
     executor = get_executor(executor)
 
     # (attack function, its settings, its cost per sample in gradient steps), resolved before any work
@@ -386,6 +465,7 @@ def audit(
         "fgsm": (fgsm, {}, 1),
         "pgd": (pgd, {"steps": steps_by["pgd"], "restarts": 1}, steps_by["pgd"]),
         "apgd-ce": (apgd, {"steps": steps_by["apgd-ce"], "loss": "ce"}, steps_by["apgd-ce"]),
+        "square": (square, {"max_queries": SQUARE_QUERIES}, SQUARE_QUERIES // 3),
     }
     specs = {a: recipes[a] for a in names}
 
@@ -394,18 +474,22 @@ def audit(
             progress(description, completed, total)
 
     # ---- what to audit
+    members = None
     if model is None:
-        if data is not None:
+        if data is not None or train_data is not None:
             raise InputError("data was given without a model; pass the model to audit as well")
+        from ..data import digits
         from ..zoo import pretrained
+        from ..zoo import recipe as zoo_recipe
 
         report(f"loading {DEFAULT_MODEL} (trained once on first use)", 0, 1)
         model = pretrained(DEFAULT_MODEL)
         model_info: dict[str, Any] = {"name": DEFAULT_MODEL, "source": "adverse.zoo"}
-        from ..data import digits
-
         dataset = digits("test")
-        data_info: dict[str, Any] = {"name": "digits", "split": "test", "source": "adverse.data.digits"}
+        members = digits("train")
+        recipe = zoo_recipe(DEFAULT_MODEL) if recipe is None else recipe
+        data_info: dict[str, Any] = {"name": "digits", "split": "test", "source": "adverse.data.digits",
+                                     "train": {"name": "digits", "split": "train", "n": len(members)}}
     else:
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
@@ -414,8 +498,17 @@ def audit(
         dataset = _as_dataset(data)
         model_info = {"name": type(model).__name__, "source": "user"}
         data_info = {"name": dataset.name, "source": "user"}
+        if train_data is not None:
+            members = _as_dataset(train_data)
+            if tuple(members.x.shape[1:]) != tuple(dataset.x.shape[1:]):
+                raise InputError(f"train_data inputs have shape {tuple(members.x.shape[1:])} but data inputs "
+                                 f"{tuple(dataset.x.shape[1:])}; both must come from the same task")
+            data_info["train"] = {"name": members.name, "n": len(members)}
+    suite_list = _check_suites(suites, members is not None, recipe is not None)
     model_seconds = time.perf_counter() - started
     model_info["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    if recipe is not None:
+        model_info["recipe"] = repr(recipe)
 
     if n is not None:
         if n > len(dataset):
@@ -426,11 +519,13 @@ def audit(
         raise InputError("the data holds no samples")
     data_info.update(n=total_n, num_classes=dataset.num_classes, bounds=list(dataset.bounds),
                      shape=list(dataset.x.shape[1:]))
+    bounds = tuple(dataset.bounds)
 
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     x, y = dataset.x.to(device), dataset.y.to(device)
     batches = [(i, min(i + batch_size, total_n)) for i in range(0, total_n, batch_size)]
+    seconds: dict[str, float] = {"model": model_seconds}
 
     # ---- clean accuracy (the attacks count clean errors as successes too)
     with attack_mode(model), torch.no_grad():
@@ -438,69 +533,137 @@ def audit(
     clean_correct = (pred == y).cpu().numpy()
     clean_count = int(clean_correct.sum())
 
-    # ---- the attacks
-    total_work = float(sum(specs[a][2] for a in names) * total_n * len(eps_list))
-    done = 0.0
+    config: dict[str, Any] = {
+        "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
+        "attacks": {a: dict(specs[a][1]) for a in names}, "suites": suite_list,
+    }
+    for k, opts in options.items():
+        if k in suite_list:
+            config[k] = opts
+    key_config = dict(config, checks=checks, check_n=check_n, minimal_norm=minimal_norm, autoattack=autoattack,
+                      autoattack_n=autoattack_n, recipe=repr(recipe),
+                      members=None if members is None else _digest(members))
+    state = _Checkpoint(state_dir, _fingerprint(model, x, y, key_config))
+
+    def timed(name: str, compute: Callable[[], Any]) -> Any:
+        """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
+        def run() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            value = compute()
+            return {"value": value, "seconds": time.perf_counter() - t0}
+
+        rec = state.part(name, run)
+        seconds[name] = seconds.get(name, 0.0) + rec["seconds"]
+        return rec["value"]
+
+    # ---- evasion: the attacks at fixed eps
     rows: list[dict[str, Any]] = []
     fooled: dict[tuple[str, float], np.ndarray] = {}
-    extra = {} if tuple(dataset.bounds) == (0.0, 1.0) else {"bounds": tuple(dataset.bounds)}
-    config = {
-        "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
-        "attacks": {a: dict(specs[a][1]) for a in names},
-    }
-    state = _Checkpoint(state_dir, _fingerprint(model, x, y, dict(config, checks=checks, check_n=check_n)))
-    for e in eps_list:
-        for name in names:
-            fn, kwargs, cost = specs[name]
-            description = f"{name} at eps {e:g}"
-            report(description, done, total_work)
-            done += cost * sum(b - a for a, b in batches if state.get(name, e, a) is not None)
-            pending = [(a, b) for a, b in batches if state.get(name, e, a) is None]
-            tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs, **extra)))
-                     for i, (a, b) in enumerate(pending)]
-            for (a, b), rec in zip(pending, imap_tasks(_attack_batch, tasks, executor)):
-                state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
-                done += cost * (b - a)
-                report(description, done, total_work)
-            parts, fw, bw, secs, params = [], 0, 0, 0.0, {}
-            for a, _ in batches:
-                rec = state.get(name, e, a)
-                parts.append(np.asarray(rec["success"], dtype=bool))
-                fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
-                params = rec["params"]
-            bad = np.concatenate(parts) | ~clean_correct
-            fooled[(name, e)] = bad
-            robust = total_n - int(bad.sum())
-            rows.append({
-                "attack": name, "eps": e, "robust_accuracy": robust / total_n, "robust": robust,
-                "success_rate": 1.0 - robust / total_n, "forwards": fw, "backwards": bw, "seconds": secs,
-                "params": params,
-            })
-
-    # ---- worst case per sample: fooled by any attack at this eps or a smaller one
     worst: list[dict[str, Any]] = []
-    union = ~clean_correct
-    for e in eps_list:
-        for name in names:
-            union = union | fooled[(name, e)]
-        fooled[("worst-case", e)] = union.copy()
-        robust = total_n - int(union.sum())
-        worst.append({"eps": e, "robust_accuracy": robust / total_n, "robust": robust, "attacks": list(names)})
-
     check_rows: list[dict[str, Any]] = []
-    if checks:
-        from .checks import run_checks
+    mn_result = aa_result = example_arrays = None
+    if "evasion" in suite_list:
+        t_evasion = time.perf_counter()
+        total_work = float(sum(specs[a][2] for a in names) * total_n * len(eps_list))
+        done = 0.0
+        extra = {} if bounds == (0.0, 1.0) else {"bounds": bounds}
+        for e in eps_list:
+            for name in names:
+                fn, kwargs, cost = specs[name]
+                description = f"{name} at eps {e:g}"
+                report(description, done, total_work)
+                done += cost * sum(b - a for a, b in batches if state.get(name, e, a) is not None)
+                pending = [(a, b) for a, b in batches if state.get(name, e, a) is None]
+                tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs,
+                                                                        **extra)))
+                         for i, (a, b) in enumerate(pending)]
+                for (a, b), rec in zip(pending, imap_tasks(_attack_batch, tasks, executor)):
+                    state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
+                    done += cost * (b - a)
+                    report(description, done, total_work)
+                parts, fw, bw, secs, params = [], 0, 0, 0.0, {}
+                for a, _ in batches:
+                    rec = state.get(name, e, a)
+                    parts.append(np.asarray(rec["success"], dtype=bool))
+                    fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
+                    params = rec["params"]
+                bad = np.concatenate(parts) | ~clean_correct
+                fooled[(name, e)] = bad
+                robust = total_n - int(bad.sum())
+                rows.append({
+                    "attack": name, "eps": e, "robust_accuracy": robust / total_n, "robust": robust,
+                    "success_rate": 1.0 - robust / total_n, "forwards": fw, "backwards": bw, "seconds": secs,
+                    "params": params,
+                })
+
+        # worst case per sample: fooled by any attack at this eps or a smaller one
+        union = ~clean_correct
+        for e in eps_list:
+            for name in names:
+                union = union | fooled[(name, e)]
+            fooled[("worst-case", e)] = union.copy()
+            robust = total_n - int(union.sum())
+            worst.append({"eps": e, "robust_accuracy": robust / total_n, "robust": robust, "attacks": list(names)})
+        seconds["evasion"] = time.perf_counter() - t_evasion
 
         clean_share = clean_count / total_n
         check_eps = min(eps_list, key=lambda e: abs(worst[eps_list.index(e)]["robust_accuracy"] - clean_share / 2))
-        k = min(check_n, total_n)
-        report(f"sanity checks at eps {check_eps:g} on {k} points", done, total_work)
-        if state.data["checks"] is None:
-            found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=tuple(dataset.bounds),
-                               seed=seed)
-            state.put_checks([_json_safe(c.to_dict()) for c in found])
-        check_rows = state.data["checks"]
-        config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000}
+        if checks:
+            from .checks import run_checks
+
+            k = min(check_n, total_n)
+            report(f"sanity checks at eps {check_eps:g} on {k} points", 0, 1)
+            t0 = time.perf_counter()
+            if state.data["checks"] is None:
+                surrogate = None
+                if recipe is not None and members is not None:
+                    report("training a surrogate with the recipe (transfer check)", 0, 1)
+                    surrogate = recipe(members, seed + 1)
+                found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, seed=seed,
+                                   surrogate=surrogate)
+                state.put_checks([json_safe(c.to_dict()) for c in found])
+            check_rows = state.data["checks"]
+            seconds["checks"] = time.perf_counter() - t0
+            config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000,
+                                "surrogate": "recipe, seed + 1" if recipe is not None and members is not None
+                                else None}
+        from .confirm import adversarial_examples, autoattack_confirmation, minimal_norm_curve, robust_at
+
+        if minimal_norm:
+            report(f"minimal-norm curve (FMN, 100 steps) on {total_n} points", 0, 1)
+            mn_result = timed("minimal_norm", lambda: minimal_norm_curve(
+                model, x, y, norm=norm, bounds=bounds, steps=100, batch_size=batch_size, seed=seed))
+            config["minimal_norm"] = {"attack": "fmn", "steps": 100}
+        if autoattack is not None:
+            k = min(autoattack_n, total_n)
+            report(f"AutoAttack ({autoattack}) at eps {check_eps:g} on {k} points", 0, 1)
+            curve = robust_at(mn_result["norms"][:k], check_eps) if mn_result is not None else None
+            aa_result = timed("autoattack", lambda: autoattack_confirmation(
+                model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, version=autoattack, seed=seed,
+                curve_robust=curve, fixed_robust=~fooled[("worst-case", check_eps)][:k]))
+            config["autoattack"] = {"version": autoattack, "eps": check_eps, "n": k}
+        if examples and x.dim() == 4:
+            example_arrays = adversarial_examples(model, x, y, eps=check_eps, norm=norm, bounds=bounds, seed=seed)
+
+    # ---- the other suites
+    suite_results: dict[str, Any] = {}
+    if "privacy" in suite_list:
+        from .privacy_suite import privacy_suite
+
+        suite_results["privacy"] = timed("privacy", lambda: privacy_suite(
+            model, members, dataset, recipe=recipe, seed=seed, executor=executor, progress=progress,
+            **options["privacy"]))
+    if "poisoning" in suite_list:
+        from .poisoning_suite import poisoning_suite
+
+        suite_results["poisoning"] = timed("poisoning", lambda: poisoning_suite(
+            recipe, members, dataset, seed=seed, progress=progress, **options["poisoning"]))
+    if "certify" in suite_list:
+        from .certify_suite import certify_suite
+
+        suite_results["certify"] = timed("certify", lambda: certify_suite(
+            model, dataset, norm=norm, eps=eps_list, seed=seed, progress=progress, **options["certify"]))
+
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
         "seconds": sum(r["seconds"] for r in rows),
@@ -510,12 +673,66 @@ def audit(
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
         "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
     }
+    seconds["total"] = time.perf_counter() - started
     return AuditResult(
         clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=worst, config=config,
-        model=model_info, data=data_info, environment=environment, budget=budget,
-        seconds={"model": model_seconds, "total": time.perf_counter() - started},
-        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows, fooled=fooled,
+        model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows,
+        suites=suite_list, minimal_norm=mn_result, autoattack=aa_result, fooled=fooled, examples=example_arrays,
+        **suite_results,
     )
+
+
+def _check_suites(suites: Sequence[str] | None, has_members: bool, has_recipe: bool) -> list[str]:
+    """The suites to run, in :data:`SUITES` order; None picks every suite the inputs allow."""
+    if suites is None:
+        chosen = {"evasion", "certify"} | ({"privacy"} if has_members else set())
+        chosen |= {"poisoning"} if has_members and has_recipe else set()
+        return [s for s in SUITES if s in chosen]
+    names = [suites] if isinstance(suites, str) else list(suites)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown or not names:
+        raise InputError(f"unknown suite(s) {unknown}; choose among {', '.join(SUITES)}")
+    if "privacy" in names and not has_members:
+        raise InputError("the privacy suite needs the model's training data (members): pass train_data= "
+                         "(--train-data on the command line)")
+    if "poisoning" in names and not (has_members and has_recipe):
+        raise InputError("the poisoning suite retrains the model on poisoned data: it needs the training data "
+                         "(train_data=, --train-data) and the training recipe (recipe=, --recipe)")
+    return [s for s in SUITES if s in names]
+
+
+_SUITE_FUNCTIONS = {"privacy": ("privacy_suite", "privacy_suite"), "poisoning": ("poisoning_suite", "poisoning_suite"),
+                    "certify": ("certify_suite", "certify_suite")}
+_PASSED = {"model", "members", "nonmembers", "recipe", "train", "test", "data", "seed", "progress", "executor",
+           "norm", "eps"}
+
+
+def _check_options(suite: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword options of a suite's function, checked against its signature before any work starts."""
+    import importlib
+    import inspect
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InputError(f"{suite} options must be a mapping of keyword arguments, got {type(options).__name__}")
+    module, name = _SUITE_FUNCTIONS[suite]
+    fn = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    allowed = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY} - _PASSED
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise InputError(f"unknown {suite} option(s) {bad}; the {suite} suite takes {', '.join(sorted(allowed))} "
+                         "(the audit itself passes the model, data, seed, norm and eps)")
+    return dict(options)
+
+
+def _digest(data: Dataset) -> str:
+    import hashlib
+
+    h = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(data.y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _attack_batch(task: Any) -> dict[str, Any]:
@@ -526,12 +743,12 @@ def _attack_batch(task: Any) -> dict[str, Any]:
             "backwards": r.backwards, "seconds": r.seconds, "params": r.summary()["params"]}
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Numbers JSON can hold: NaN and infinities become None (``results.json`` is strict JSON)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

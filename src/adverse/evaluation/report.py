@@ -202,6 +202,7 @@ def _summary_section(results: Mapping[str, Any]) -> str:
             "by a change that small."
         )
         text.append("These robust accuracies are upper bounds: a stronger attack can only lower them.")
+    text += _suite_summaries(results)
     warned = _warned(results)
     if warned:
         names = ", ".join(c.get("name", "?") for c in warned)
@@ -213,6 +214,40 @@ def _summary_section(results: Mapping[str, Any]) -> str:
         alert = "<p class='meta'>The sanity checks (gradient masking) were not run for this audit.</p>"
     return (f"<section id='summary'><h2>Summary</h2><div class='headline'>{''.join(cards)}</div>{alert}"
             + "".join(f"<p>{t}</p>" for t in text) + "</section>")
+
+
+def _suite_summaries(results: Mapping[str, Any]) -> list[str]:
+    """A plain-language sentence per privacy, poisoning and certify suite that ran."""
+    out = []
+    privacy = results.get("privacy")
+    rows = privacy.get("attacks", []) if isinstance(privacy, Mapping) else []
+    if rows:
+        best = max(rows, key=lambda r: r.get("auc") or 0.0)
+        tpr = best.get("tpr_at_fpr", {}).get("0.01")
+        out.append(
+            f"<b>Privacy.</b> The strongest membership-inference attack ({_e(best['attack'])}) tells training "
+            f"points from unseen ones with AUC {_e(_num(best.get('auc')))} (0.5 is a coin flip)"
+            + (f"; at a 1% false-positive rate it identifies {_pct(tpr)} of the training points" if tpr is not None
+               else "") + ".")
+    poisoning = results.get("poisoning")
+    rows = poisoning.get("attacks", []) if isinstance(poisoning, Mapping) else []
+    if rows:
+        top = max(rows, key=lambda r: r.get("poison_rate", 0))
+        out.append(
+            f"<b>Poisoning.</b> Retrained with {_pct(top['poison_rate'])} of its training data poisoned by a BadNets "
+            f"trigger, the model sends {_pct(top['attack_success_rate'])} of triggered inputs to the attacker's "
+            f"class while its clean accuracy is {_pct(top.get('clean_accuracy'))}.")
+    certify = results.get("certify")
+    methods = certify.get("methods", []) if isinstance(certify, Mapping) else []
+    for m in methods:
+        rows = m.get("rows") or []
+        if rows:
+            key = "eps" if "eps" in rows[0] else "radius"
+            best = max(rows, key=lambda r: r[key] if r.get("certified_accuracy", 0) > 0 else -1)
+            out.append(f"<b>Certified ({_e(m.get('method'))}).</b> Proven correct on "
+                       f"{_pct(best['certified_accuracy'])} of the samples against any perturbation up to "
+                       f"{_e(key)} {_e(_num(best[key]))} ({_e(m.get('norm', ''))}).")
+    return out
 
 
 def _per_attack_plot(figs: _Figures, rows: Sequence[Mapping[str, Any]], x: str, y: str, xlabel: str) -> Any:
@@ -238,13 +273,30 @@ def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
     worst = sorted((w["eps"], w["robust_accuracy"]) for w in results.get("worst_case", []))
     if worst:
         ax.plot([p[0] for p in worst], [p[1] for p in worst], marker="s", color="black", lw=2.5, label="worst case")
+    mn = results.get("minimal_norm")
+    if isinstance(mn, Mapping) and mn.get("curve"):
+        ax.plot(mn["curve"]["eps"], mn["curve"]["robust_accuracy"], color="tab:purple", lw=1.5, ls="-",
+                label=f"minimal norm (FMN, {_e(_num(mn.get('steps')))} steps)")
+    aa = results.get("autoattack")
+    if isinstance(aa, Mapping) and "robust_accuracy" in aa:
+        ax.plot([aa["eps"]], [aa["robust_accuracy"]], marker="*", ms=16, ls="none", color="tab:red",
+                label=f"AutoAttack ({_e(aa.get('version'))}, first {_e(_num(aa.get('n')))} points)")
     if "clean_accuracy" in results:
         ax.axhline(results["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
     ax.legend()
     img = figs.embed(fig, "robust_accuracy", "Robust accuracy against ε for each attack and the worst case")
-    return ("<section id='curves'><h2>Robust accuracy against ε</h2><p>Each curve shows the share of samples "
-            "still classified correctly when the attacker may perturb inputs by at most ε. Lower is less "
-            f"robust; the worst case counts a sample as fooled if any attack fooled it.</p>{img}</section>")
+    text = ("<p>Each curve shows the share of samples still classified correctly when the attacker may perturb "
+            "inputs by at most ε. Lower is less robust; the worst case counts a sample as fooled if any attack "
+            "fooled it.")
+    if isinstance(mn, Mapping) and mn.get("curve"):
+        text += (" The minimal-norm curve comes from one run of FMN, which finds each sample's smallest adversarial "
+                 "perturbation; it gives every ε at once, but a minimal-norm attack can overshoot, so the "
+                 "fixed-ε attacks and AutoAttack check it.")
+    text += "</p>"
+    if isinstance(aa, Mapping) and aa.get("message"):
+        cls = "warnbox" if aa.get("status") == "warn" else "okbox"
+        text += f"<p class='{cls}'>{_e(aa['message'])}.</p>"
+    return f"<section id='curves'><h2>Robust accuracy against ε</h2>{text}{img}</section>"
 
 
 def _evidence(evidence: Any) -> str:
@@ -338,14 +390,15 @@ def _detectors_table(rows: Sequence[Mapping[str, Any]]) -> str:
     body = [[_e(r["detector"]), _e(_num(r.get("params", {}).get("layer", ""))), _e(_num(r["poison_rate"])),
              "n/a" if r.get("auroc") is None else f"{r['auroc']:.3f}", f"{_pct(r.get('tpr'))} / {_pct(r.get('fpr'))}",
              *[_pct(r.get("tpr_at_fpr", {}).get(f)) for f in fprs], _e(_num(r.get("after", {}).get("removed"))),
-             _pct(r.get("after", {}).get("attack_success_rate")), _pct(r.get("after", {}).get("clean_accuracy"))]
+             *[(f"{_pct(r['before'][k])} → " if k in r.get("before", {}) else "") + _pct(r.get("after", {}).get(k))
+               for k in ("attack_success_rate", "clean_accuracy")]]
             for r in rows]
     return ("<h3>Finding the poisons</h3><p>Each detector inspects the poisoned training set through the "
             "poisoned model and flags the samples it suspects; AUROC and TPR at a fixed FPR rate its ranking, TPR / "
             "FPR its own decision. The flagged samples are then removed and the model is retrained: a low attack "
             "success rate afterwards means the defense removed the backdoor.</p>"
             + _table(["detector", "layer", "poison rate", "AUROC", "TPR / FPR", *[f"TPR at FPR {f}" for f in fprs],
-                      "removed", "attack success rate after", "clean accuracy after"], body,
+                      "removed", "attack success rate (before → after)", "clean accuracy (before → after)"], body,
                      right=tuple(range(2, 8 + len(fprs)))))
 
 
@@ -546,6 +599,22 @@ def _reproduce_section(results: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the report
+def load_examples(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The example images an audit saved next to its ``results.json`` (``examples.npz``), or None."""
+    import numpy as np
+
+    from .audit import EXAMPLES_FILE
+
+    path = Path(folder) / EXAMPLES_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not a valid examples file ({e}); delete it or rerun the audit") from e
+
+
 def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
                   examples: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/figures/*.png`` from ``results``.
