@@ -20,7 +20,9 @@ from adverse.cli import app
 from adverse.errors import AdverseError
 
 ATTACKS = ("fgsm", "pgd", "apgd-ce")
-SMALL = ["--n", "60", "--eps", "0.1,0.3", "--steps", "10", "--threads", "1"]
+SMALL = ["--n", "60", "--eps", "0.1,0.3", "--steps", "10", "--threads", "1", "--suites", "evasion", "--autoattack",
+         "off"]
+EVASION = {"suites": ("evasion",), "autoattack": None}  # the API's evasion suite alone, without AutoAttack
 
 
 def adverse(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -98,7 +100,8 @@ def test_audit_json_end_to_end(json_run):
     assert [c["name"] for c in d["checks"]] == list(CHECKS)
     assert d["config"]["checks"]["eps"] in [0.1, 0.3] and d["config"]["checks"]["n"] == 60
     status = {c["name"]: c["status"] for c in d["checks"]}
-    assert status["transfer"] == "skip"  # no surrogate in the default audit
+    assert status["transfer"] == "pass"  # the demo's recipe trains a surrogate; transfer does not beat PGD
+    assert d["config"]["checks"]["surrogate"] == "recipe, seed + 1"
     for name in ("output", "determinism", "gradients", "eps_sweep", "single_vs_iterative"):
         assert status[name] == "pass", [c for c in d["checks"] if c["name"] == name]
     assert all(isinstance(c["evidence"], dict) and c["message"] for c in d["checks"])
@@ -119,7 +122,7 @@ def test_audit_table_and_rerun_into_same_folder(tmp_path):
     assert text == second.stdout
     after = json.loads(text)
     # the results, the report and its figures; no temporary files left behind
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["examples.npz", "figures", "report.html", "results.json"]
 
     def numbers(d):  # everything but the timings and the date is reproducible
         return d["clean_accuracy"], [(r["attack"], r["eps"], r["robust"]) for r in d["attacks"]], d["worst_case"]
@@ -184,7 +187,7 @@ def test_audit_function_small(tmp_path):
     from adverse.evaluation import AuditResult, audit
 
     calls = []
-    res = audit(eps=(0.3, 0.1), n=40, steps=5, checks=False, progress=lambda d, c, t: calls.append((d, c, t)))
+    res = audit(eps=(0.3, 0.1), n=40, steps=5, checks=False, **EVASION, progress=lambda d, c, t: calls.append((d, c, t)))
     d = res.to_dict()
     check_consistent(d, [0.1, 0.3], 40, steps=5)
     assert d["config"]["n"] == 40
@@ -217,14 +220,14 @@ def test_audit_function_user_model_and_numpy_data(digits_cnn, digits_test):
     x, y = digits_test.x[:30].numpy(), digits_test.y[:30].numpy()
     before = {k: v.clone() for k, v in digits_cnn.state_dict().items()}
     digits_cnn.train()
-    res = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False)
+    res = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False, **EVASION)
     assert digits_cnn.training  # the caller's mode is restored
     assert all(torch.equal(before[k], v) for k, v in digits_cnn.state_dict().items())
     d = res.to_dict()
     assert d["model"]["source"] == "user" and d["n"] == 30
     assert [r["attack"] for r in d["attacks"]] == ["fgsm", "pgd"]
     assert d["worst_case"][0]["robust_accuracy"] <= min(r["robust_accuracy"] for r in d["attacks"])
-    again = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False)
+    again = audit(digits_cnn, (x, y), eps=0.2, steps=3, attacks=("fgsm", "pgd"), seed=1, checks=False, **EVASION)
     assert [r["robust"] for r in again.attacks] == [r["robust"] for r in res.attacks]
 
 
@@ -238,7 +241,7 @@ def test_audit_function_user_model_and_numpy_data(digits_cnn, digits_test):
         ({"n": 0}, "n must"),
         ({"steps": 0}, "steps"),
         ({"steps": {"cw": 3}}, "unknown"),
-        ({"attacks": ("fgsm", "square")}, "unknown attack"),
+        ({"attacks": ("fgsm", "cw")}, "unknown attack"),
         ({"batch_size": 0}, "batch_size"),
         ({"data": ([[0.0]], [0])}, "without a model"),
     ],

@@ -73,7 +73,7 @@ def test_reference_models_on_ray_equal_in_process(local_ray):
 
 
 def test_audit_on_ray_equals_in_process(local_ray):
-    kw = dict(eps=(0.1,), n=50, steps=3, batch_size=20, checks=False)
+    kw = dict(eps=(0.1,), n=50, steps=3, batch_size=20, checks=False, suites=("evasion",), autoattack=None)
     here, there = audit(**kw), audit(**kw, executor=local_ray)
     assert [r["robust"] for r in here.attacks] == [r["robust"] for r in there.attacks]
     assert there.environment["executor"] == "ray"
@@ -117,7 +117,8 @@ def test_cli_audit_on_ray(local_ray, tmp_path):
 
     from adverse.cli import app
 
-    args = ["audit", "--n", "30", "--eps", "0.1", "--steps", "3", "--no-checks", "--json"]
+    args = ["audit", "--n", "30", "--eps", "0.1", "--steps", "3", "--no-checks", "--json", "--suites", "evasion",
+            "--autoattack", "off"]
     r = CliRunner().invoke(app, [*args, "--executor", "ray", "--out", str(tmp_path / "ray")])
     assert r.exit_code == 0, r.output
     here = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "local")])

@@ -36,7 +36,7 @@ SECTIONS = {"summary": "Summary", "curves": "Robust accuracy against ε", "check
 def audited(tmp_path_factory):
     """A small real audit of the bundled model: its results.json and its report."""
     out = tmp_path_factory.mktemp("audit")
-    result = adverse.evaluation.audit(n=40, eps=(0.1, 0.3), steps=3, checks=False)
+    result = adverse.evaluation.audit(n=40, eps=(0.1, 0.3), steps=3, checks=False, suites=("evasion",), autoattack=None)
     result.save(out)
     return result.to_dict(), render_report(result.to_dict(), out)
 
@@ -123,7 +123,8 @@ def test_real_audit_report_holds_its_numbers(audited):
 def test_reproduce_command_reproduces_the_numbers(audited, tmp_path):
     d, path = audited
     cmd = re.search(r"<pre>(adverse audit [^<]*)</pre>", path.read_text(encoding="utf-8")).group(1)
-    assert cmd == "adverse audit --eps 0.1,0.3 --norm linf --n 40 --steps 3 --seed 0 --no-checks"
+    assert cmd == ("adverse audit --eps 0.1,0.3 --norm linf --n 40 --steps 3 --seed 0 --suites evasion --autoattack off "
+                   "--no-checks")
     res = CliRunner().invoke(app, [*shlex.split(cmd)[1:], "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "results.json").read_text())

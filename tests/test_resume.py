@@ -16,7 +16,8 @@ import pytest
 import adverse.evasion  # noqa: F401  (loads the attack modules)
 from adverse.evaluation.audit import STATE_FILE, audit
 
-ARGS = dict(eps=(0.1, 0.3), n=60, steps=5, batch_size=16, checks=False)
+ARGS = dict(eps=(0.1, 0.3), n=60, steps=5, batch_size=16, checks=False, suites=("evasion",), minimal_norm=False,
+            autoattack=None)
 
 
 def numbers(d: dict) -> tuple:
@@ -84,7 +85,7 @@ def test_state_of_another_audit_is_not_used(tmp_path, counted):
 
 def test_killed_cli_audit_resumes_to_the_same_result(tmp_path):
     cmd = [sys.executable, "-m", "adverse.cli", "audit", "--n", "120", "--eps", "0.1,0.2,0.3", "--steps", "20",
-           "--threads", "1", "--no-checks", "--json"]
+           "--threads", "1", "--no-checks", "--json", "--suites", "evasion", "--autoattack", "off"]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     out = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

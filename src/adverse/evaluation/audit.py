@@ -259,9 +259,15 @@ def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) ->
     import hashlib
 
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    from torch import nn as torch_nn
+
+    if isinstance(model, torch_nn.Module):
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    else:  # a black box: its file when known (an interrupted audit of an unknown callable starts afresh)
+        path = getattr(model, "path", None)
+        h.update(Path(path).read_bytes() if path is not None and Path(path).is_file() else repr(id(model)).encode())
     for t in (x, y):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -438,7 +444,7 @@ def audit(
     from ..evasion.gradient import fgsm, pgd
     from ..evasion.square import square
     from ..execution import Task, get_executor, imap_tasks
-    from ..models import attack_mode
+    from ..models import BlackBox, attack_mode
     from ..threat import check_norm
 
     started = time.perf_counter()
@@ -491,8 +497,9 @@ def audit(
         data_info: dict[str, Any] = {"name": "digits", "split": "test", "source": "adverse.data.digits",
                                      "train": {"name": "digits", "split": "train", "n": len(members)}}
     else:
-        if not isinstance(model, torch.nn.Module):
-            raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+        if not isinstance(model, (torch.nn.Module, BlackBox)):
+            raise InputError(f"model must be a torch.nn.Module returning logits or an adverse.models.BlackBox, got "
+                             f"{type(model).__name__}")
         if data is None:
             raise InputError("pass the data to audit the model on, e.g. audit(model, adverse.data.load_npz(path))")
         dataset = _as_dataset(data)
@@ -506,7 +513,17 @@ def audit(
             data_info["train"] = {"name": members.name, "n": len(members)}
     suite_list = _check_suites(suites, members is not None, recipe is not None)
     model_seconds = time.perf_counter() - started
-    model_info["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    black_box = isinstance(model, BlackBox)
+    model_info["parameters"] = None if black_box else int(sum(p.numel() for p in model.parameters()))
+    if black_box:
+        model_info["black_box"] = True
+        names, specs = _black_box_attacks(names, attacks, specs, recipes)
+        if "certify" in suite_list:
+            if suites is not None:
+                raise InputError("the certify suite needs a torch module (IBP and smoothing run the model in torch); "
+                                 "this model is a black box (e.g. an ONNX file without onnx2torch)")
+            suite_list.remove("certify")
+        checks, minimal_norm, autoattack, examples = False, False, None, False
     if recipe is not None:
         model_info["recipe"] = repr(recipe)
 
@@ -521,15 +538,18 @@ def audit(
                      shape=list(dataset.x.shape[1:]))
     bounds = tuple(dataset.bounds)
 
-    param = next(iter(model.parameters()), None)
+    param = None if black_box else next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     x, y = dataset.x.to(device), dataset.y.to(device)
     batches = [(i, min(i + batch_size, total_n)) for i in range(0, total_n, batch_size)]
     seconds: dict[str, float] = {"model": model_seconds}
 
     # ---- clean accuracy (the attacks count clean errors as successes too)
-    with attack_mode(model), torch.no_grad():
-        pred = torch.cat([model(x[a:b]).argmax(dim=1) for a, b in batches])
+    if black_box:
+        pred = torch.cat([model.predict(x[a:b]).to(y.device) for a, b in batches])
+    else:
+        with attack_mode(model), torch.no_grad():
+            pred = torch.cat([model(x[a:b]).argmax(dim=1) for a, b in batches])
     clean_correct = (pred == y).cpu().numpy()
     clean_count = int(clean_correct.sum())
 
@@ -681,6 +701,19 @@ def audit(
         suites=suite_list, minimal_norm=mn_result, autoattack=aa_result, fooled=fooled, examples=example_arrays,
         **suite_results,
     )
+
+
+def _black_box_attacks(names: list[str], requested: Any, specs: dict[str, Any], recipes: dict[str, Any]
+                       ) -> tuple[list[str], dict[str, Any]]:
+    """A black-box model can only be queried: the default attacks become Square; asking for a white-box attack
+    is an error."""
+    if list(names) == list(DEFAULT_ATTACKS) and tuple(requested) == DEFAULT_ATTACKS:
+        return ["square"], {"square": recipes["square"]}
+    white = [a for a in names if a != "square"]
+    if white:
+        raise InputError(f"the model is a black box (it can only be queried, e.g. an ONNX file without onnx2torch): "
+                         f"{', '.join(white)} need gradients; use attacks=['square']")
+    return names, specs
 
 
 def _check_suites(suites: Sequence[str] | None, has_members: bool, has_recipe: bool) -> list[str]:

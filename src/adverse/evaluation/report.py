@@ -543,22 +543,39 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     attacks = cfg.get("attacks", {})
     steps = {a: s["steps"] for a, s in attacks.items() if "steps" in s}
     checks = "checks" in cfg
+    suites = list(cfg.get("suites", ["evasion"]))
+    aa = cfg.get("autoattack")
+    mn = "minimal_norm" in cfg or "evasion" not in suites
+    options = {k: cfg[k] for k in ("privacy", "poisoning", "certify") if cfg.get(k)}
     eps = ",".join(repr(float(e)) for e in cfg.get("eps", []))
     py_args = [f"eps={tuple(float(e) for e in cfg.get('eps', []))!r}", f"norm={cfg.get('norm')!r}",
                f"n={cfg.get('n')!r}", f"steps={steps!r}", f"attacks={tuple(attacks)!r}",
-               f"batch_size={cfg.get('batch_size')!r}", f"seed={cfg.get('seed')!r}", f"checks={checks}"]
+               f"batch_size={cfg.get('batch_size')!r}", f"seed={cfg.get('seed')!r}", f"checks={checks}",
+               f"suites={suites!r}", f"minimal_norm={mn}", f"autoattack={aa['version'] if aa else None!r}"]
     if checks and "n" in cfg["checks"]:
         py_args.append(f"check_n={cfg['checks']['n']!r}")
+    if aa:
+        py_args.append(f"autoattack_n={aa['n']!r}")
+    py_args += [f"{k}={v!r}" for k, v in options.items()]
     user = model.get("source") == "user"
     if user:
         py_args = ["model", "data", *py_args]
+        if "train" in data:
+            py_args.insert(2, "train_data=train_data")
+        if model.get("recipe"):
+            py_args.insert(2, "recipe=recipe")
     py = ("import adverse\n"
-          + ("# model, data: the model and data that were audited\n" if user else "")
+          + ("# model, data (, train_data, recipe): what was audited\n" if user else "")
           + "result = adverse.evaluation.audit(\n" + "".join(f"    {a},\n" for a in py_args) + ")")
-    from .audit import ATTACKS
+    from .audit import DEFAULT_ATTACKS
 
-    expressible = (len(set(steps.values())) <= 1 and set(attacks) == set(ATTACKS) and cfg.get("batch_size") == 256
-                   and (not user or ("file" in model and "spec" in data)))
+    default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0)) and (
+        not checks or cfg["checks"].get("n") == min(100, results.get("n") or 0))
+    expressible = (len(set(steps.values())) <= 1 and (set(attacks) == set(DEFAULT_ATTACKS) or "evasion" not in suites)
+                   and cfg.get("batch_size") == 256 and mn and not options and default_budgets
+                   and (not user or ("file" in model and "spec" in data
+                                     and ("train" not in data or "spec" in data["train"])
+                                     and (not model.get("recipe") or "recipe_spec" in model))))
     if not expressible:
         return None, py
     cli = ["adverse", "audit", "--eps", eps, "--norm", str(cfg.get("norm"))]
@@ -566,12 +583,18 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
         cli += ["--n", str(cfg["n"])]
     if steps:
         cli += ["--steps", str(next(iter(steps.values())))]
-    cli += ["--seed", str(cfg.get("seed"))]
+    cli += ["--seed", str(cfg.get("seed")), "--suites", ",".join(suites)]
+    if "evasion" in suites:
+        cli += ["--autoattack", aa["version"] if aa else "off"]
     if not checks:
         cli.append("--no-checks")
     if user:
         cli += ["--model", str(model["file"])] + (["--arch", str(model["arch"])] if model.get("arch") else [])
         cli += ["--data", str(data["spec"])]
+        if "train" in data:
+            cli += ["--train-data", str(data["train"]["spec"])]
+        if model.get("recipe_spec"):
+            cli += ["--recipe", str(model["recipe_spec"])]
     return shlex.join(cli), py
 
 
