@@ -206,9 +206,6 @@ def audit(
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
-    except typer.BadParameter as e:
-        err.print(f"[bold red]Error:[/] {escape(e.format_message())}")
-        raise typer.Exit(2) from None
     except OSError as e:
         err.print(f"[bold red]Error:[/] cannot write to {escape(str(out))}: {escape(e.strerror or str(e))}")
         raise typer.Exit(2) from None
@@ -262,8 +259,14 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
     def pick(flag: Any, value: Any, default: Any) -> Any:
         return flag if flag is not None else (value if value is not None else default)
 
-    eps = _parse_eps(args["eps"]) if args["eps"] is not None else ev.get("eps", _parse_eps(DEFAULT_EPS))
-    norm = _check_norm(pick(args["norm"], ev.get("norm"), "linf"))
+    try:
+        eps = _parse_eps(args["eps"]) if args["eps"] is not None else ev.get("eps", _parse_eps(DEFAULT_EPS))
+    except typer.BadParameter as e:
+        raise AdverseError(f"invalid value for --eps: {e.message}") from None
+    try:
+        norm = _check_norm(pick(args["norm"], ev.get("norm"), "linf"))
+    except typer.BadParameter as e:
+        raise AdverseError(f"invalid value for --norm: {e.message}") from None
     suites = args["suites"].split(",") if args["suites"] is not None else cfg.get("suites")
     if suites is not None:
         suites = [s.strip() for s in suites if s.strip()]

@@ -135,7 +135,8 @@ def privacy_suite(
         and the baseline trains on).
     references : reference models (≥ 4 for online LiRA).
     attacks : a subset of :data:`ATTACKS` (default: all that apply).
-    fprs : the false-positive rates at which the TPR is reported.
+    fprs : the false-positive rates at which the TPR is reported; those below ``1 / n`` (which ``n`` non-members
+        cannot resolve) are left out and listed in ``config["fprs_below_resolution"]``.
     seed : the samples, the reference models' halves and seeds, and the bootstrap.
     executor : where reference models train (:func:`adverse.execution.get_executor`).
     progress : ``progress(description, completed, total)``.
@@ -183,6 +184,9 @@ def privacy_suite(
     in_idx = _sample(len(members), k, gen)
     out_perm = torch.randperm(len(nonmembers), generator=gen)
     out_idx, held = out_perm[:k], out_perm[k:]
+    resolvable = [float(f) for f in fprs if float(f) >= 1.0 / k]  # TPR at an FPR below 1/k is TPR at FPR 0
+    dropped = [float(f) for f in fprs if float(f) < 1.0 / k]
+    fprs = resolvable or [1.0 / k]
     x = torch.cat([members.x[in_idx], nonmembers.x[out_idx]])
     y = torch.cat([members.y[in_idx], nonmembers.y[out_idx]])
     is_member = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(k, dtype=torch.bool)])
@@ -225,7 +229,7 @@ def privacy_suite(
     return json_safe({
         "attacks": rows,
         "config": {"n": k, "references": references if use_refs else 0, "attacks": names,
-                   "fprs": [float(f) for f in fprs], "seed": seed,
+                   "fprs": [float(f) for f in fprs], "fprs_below_resolution": dropped, "seed": seed,
                    "recipe": None if recipe is None else repr(recipe),
                    "pool": (len(members) + k) if use_refs else None,
                    "members": {"name": members.name, "size": len(members)},
