@@ -53,7 +53,7 @@ def full(tmp_path_factory):
     """The demo audited with every suite through the real command, configured by a TOML file."""
     folder = tmp_path_factory.mktemp("full")
     cfg = folder / "audit.toml"
-    cfg.write_text(CONFIG + 'out = "out"\n', encoding="utf-8")
+    cfg.write_text('out = "out"\n' + CONFIG, encoding="utf-8")  # a top-level key goes before the tables
     r = subprocess.run([sys.executable, "-m", "adverse.cli", "audit", "--config", str(cfg), "--json"],
                        capture_output=True, text=True, timeout=1200, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -84,6 +84,9 @@ def test_every_suite_ran_with_sane_numbers(full):
     for name in ("lira", "rmia"):
         assert abs(rows[name]["baseline"]["auc"] - 0.5) < 0.12, name  # no membership signal without members
         assert rows[name]["params"]["n_reference"] == 4
+    # model inversion: an independent classifier recognises the reconstructions far above the untrained baseline
+    inv = d["privacy"]["inversion"]
+    assert len(inv["x"]) == 10 and inv["evaluator_accuracy"] >= inv["baseline_evaluator_accuracy"] + 0.3
     # poisoning: the backdoor works at 5 % and not at 0 %; the detector's result is there
     by_rate = {r["poison_rate"]: r for r in d["poisoning"]["attacks"]}
     assert by_rate[0.05]["attack_success_rate"] >= 0.8 and by_rate[0.0]["attack_success_rate"] <= 0.1
@@ -106,7 +109,7 @@ def test_report_of_every_suite(full):
         assert re.search(rf"<section id='{sid}'>", page), sid
     assert "minimal norm (FMN" not in page or True  # the legend is inside the PNG; the text names the curve
     assert "minimal-norm curve" in page and "AutoAttack (fast) at eps" in page
-    assert "<b>Privacy.</b>" in page and "<b>Poisoning.</b>" in page
+    assert "<b>Privacy.</b>" in page and "<b>Poisoning.</b>" in page and "<h3>Model inversion</h3>" in page
     with np.load(out / "examples.npz") as z:
         assert z["x"].shape == z["x_adv"].shape == (8, 1, 8, 8)
         eps = float(z["eps"])

@@ -17,7 +17,7 @@ import adverse.evasion  # noqa: F401  (loads the attack modules)
 from adverse.evaluation.audit import STATE_FILE, audit
 
 ARGS = dict(eps=(0.1, 0.3), n=60, steps=5, batch_size=16, checks=False, suites=("evasion",), minimal_norm=False,
-            autoattack=None)
+            autoattack=None, examples=False)
 
 
 def numbers(d: dict) -> tuple:

@@ -396,7 +396,8 @@ def audit(
         to audit on. None means the bundled digits test split (only with ``model=None``).
     eps : the budgets, in input units; audited in increasing order.
     norm : "linf", "l2" or "l1".
-    n : audit only the first ``n`` samples (None: all).
+    n : the evasion suite attacks only the first ``n`` samples (None: all); the other suites draw their own samples
+        from all of ``data`` (their ``n`` options).
     steps : iterations of the iterative attacks: an int for all of them, or a mapping such as
         ``{"pgd": 40, "apgd-ce": 100}`` (the defaults).
     attacks : a subset of :data:`ATTACKS` (default FGSM, PGD and APGD-CE; "square" adds the black-box Square
@@ -527,6 +528,7 @@ def audit(
     if recipe is not None:
         model_info["recipe"] = repr(recipe)
 
+    full = dataset  # the other suites take their own samples from all of it
     if n is not None:
         if n > len(dataset):
             raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
@@ -562,7 +564,7 @@ def audit(
             config[k] = opts
     key_config = dict(config, checks=checks, check_n=check_n, minimal_norm=minimal_norm, autoattack=autoattack,
                       autoattack_n=autoattack_n, recipe=repr(recipe),
-                      members=None if members is None else _digest(members))
+                      members=None if members is None else _digest(members), data=_digest(full))
     state = _Checkpoint(state_dir, _fingerprint(model, x, y, key_config))
 
     def timed(name: str, compute: Callable[[], Any]) -> Any:
@@ -671,18 +673,19 @@ def audit(
         from .privacy_suite import privacy_suite
 
         suite_results["privacy"] = timed("privacy", lambda: privacy_suite(
-            model, members, dataset, recipe=recipe, seed=seed, executor=executor, progress=progress,
+            model, members, full, recipe=recipe, seed=seed, executor=executor, progress=progress,
             **options["privacy"]))
     if "poisoning" in suite_list:
         from .poisoning_suite import poisoning_suite
 
         suite_results["poisoning"] = timed("poisoning", lambda: poisoning_suite(
-            recipe, members, dataset, seed=seed, progress=progress, **options["poisoning"]))
+            recipe, members, full, seed=seed, progress=progress, **options["poisoning"]))
     if "certify" in suite_list:
         from .certify_suite import certify_suite
 
+        certify_options = {"n": min(100, len(full)), **options["certify"]}
         suite_results["certify"] = timed("certify", lambda: certify_suite(
-            model, dataset, norm=norm, eps=eps_list, seed=seed, progress=progress, **options["certify"]))
+            model, full, norm=norm, eps=eps_list, seed=seed, progress=progress, **certify_options))
 
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),

@@ -106,8 +106,8 @@ def _train(recipe: Recipe, data: Dataset, seed: int) -> nn.Module:
     return model
 
 
-def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, seed: int) -> tuple[PoisonScores, dict]:
-    """Run detector ``name`` on the poisoned training set; returns its scores and the settings used.
+def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, seed: int) -> PoisonScores:
+    """Run detector ``name`` on the poisoned training set with the poisoned model.
 
     Spectral signatures removes ``1.5 ε`` of every label, where ε bounds the poisons' share of a label: with an
     all-to-one backdoor at rate ``ρ`` over ``K`` classes that share is at most ``ρK / (1 + ρK)`` (every poison
@@ -117,12 +117,9 @@ def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, see
 
     data = poisoned.dataset()
     if name == "activation_clustering":
-        return activation_clustering(model, data, layer=layer, seed=seed), {"layer": layer, "reduce": "pca",
-                                                                            "n_components": 10}
+        return activation_clustering(model, data, layer=layer, seed=seed)
     share = poisoned.poison_rate * data.num_classes
-    fraction = share / (1 + share)
-    return (spectral_signatures(model, data, expected_fraction=fraction, layer=layer),
-            {"layer": layer, "expected_fraction": fraction, "multiplier": 1.5})
+    return spectral_signatures(model, data, expected_fraction=share / (1 + share), layer=layer)
 
 
 def _attack_row(recipe: Recipe, train: Dataset, test: Dataset, rate: float, *, target: int, size: int,
@@ -140,17 +137,20 @@ def _attack_row(recipe: Recipe, train: Dataset, test: Dataset, rate: float, *, t
     return row, poisoned, model
 
 
-def _detector_row(recipe: Recipe, name: str, model: nn.Module, poisoned: PoisonedData, test: Dataset, *,
-                  layer: str, fpr: float, seed: int) -> dict[str, Any]:
-    """Detection quality of ``name`` and the backdoor left after removing what it flagged and retraining."""
+def _detector_row(recipe: Recipe, name: str, model: nn.Module, poisoned: PoisonedData, test: Dataset,
+                  before: dict[str, Any], *, layer: str, fpr: float, seed: int) -> dict[str, Any]:
+    """Detection quality of ``name`` and the backdoor left after removing what it flagged and retraining
+    (``before``: the attack row of the poisoned model)."""
     started = time.perf_counter()
-    scores, params = _detect(name, model, poisoned, layer, seed)
+    scores = _detect(name, model, poisoned, layer, seed)
+    params = {"layer": layer, **{k: v for k, v in scores.details.items() if isinstance(v, (str, int, float))}}
     out = scores.outcome(lambda data, s: _train(recipe, data, s), poisoned, test, fpr=fpr, seed=seed)
     q, after = out["detection"], out["after_removal"]
     return {
         "detector": name, "poison_rate": float(poisoned.params["rate"]), "params": params, "auroc": _finite(q["auroc"]),
         "tpr": _finite(q["tpr"]), "fpr": _finite(q["fpr"]),
         "tpr_at_fpr": {f"{fpr:g}": _finite(q[f"tpr_at_fpr_{fpr:g}"])},
+        "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate")},
         "after": {"clean_accuracy": _finite(after["clean_accuracy"]), "attack_success_rate": _finite(after["asr"]),
                   "removed": int(q["flagged"])},
         "seconds": time.perf_counter() - started,
@@ -199,9 +199,10 @@ def poisoning_suite(
     dict
         ``{"attacks": [...], "detectors": [...], "config": {...}}``; each attack row has ``attack``,
         ``poison_rate``, ``n_poison``, ``attack_success_rate``, ``clean_accuracy``, ``seconds``; each detector row
-        ``detector``, ``poison_rate``, ``params`` (layer, ...), ``auroc``, ``tpr``, ``fpr``, ``tpr_at_fpr``
-        (``{"0.05": ...}``), ``after`` (``clean_accuracy``, ``attack_success_rate``, ``removed``) and
-        ``seconds``. Plain numbers only; an undefined metric is ``None``.
+        ``detector``, ``poison_rate``, ``params`` (layer and the detector's settings), ``auroc``, ``tpr``, ``fpr``,
+        ``tpr_at_fpr`` (``{"0.05": ...}``), ``before`` (``clean_accuracy``, ``attack_success_rate`` of the poisoned
+        model), ``after`` (the same after removal and retraining, and ``removed``) and ``seconds``. Plain numbers
+        only; an undefined metric is ``None``.
 
     Raises
     ------
@@ -242,7 +243,7 @@ def poisoning_suite(
         step(f"BadNets at rate {rate:g}: training")
         row, poisoned, model = _attack_row(recipe, train, test, rate, target=target, size=size, seed=seed)
         attacks.append(row)
-        trained[rate] = (poisoned, model)
+        trained[rate] = (row, poisoned, model)
         done += 1
     rows: list[dict[str, Any]] = []
     chosen = layer
@@ -250,14 +251,16 @@ def poisoning_suite(
         key = next((r for r in trained if math.isclose(r, detect_rate)), None)
         if key is None:
             step(f"BadNets at rate {detect_rate:g} for the detectors: training")
-            _, poisoned, model = _attack_row(recipe, train, test, detect_rate, target=target, size=size, seed=seed)
+            before, poisoned, model = _attack_row(recipe, train, test, detect_rate, target=target, size=size,
+                                                  seed=seed)
             done += 1
         else:
-            poisoned, model = trained[key]
+            before, poisoned, model = trained[key]
         chosen = representation_layer(model) if layer is None else layer
         for name in names:
             step(f"{name} at rate {detect_rate:g}: detection and retraining")
-            rows.append(_detector_row(recipe, name, model, poisoned, test, layer=chosen, fpr=fpr, seed=seed))
+            rows.append(_detector_row(recipe, name, model, poisoned, test, before, layer=chosen, fpr=fpr,
+                                      seed=seed))
             done += 1
     step("poisoning suite done")
     return {

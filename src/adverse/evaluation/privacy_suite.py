@@ -5,6 +5,10 @@ model's training set) and non-members (points it never saw), with the attacks of
 
 * always, the metric attacks that need only the model's outputs: loss (Yeom et al. 2018), confidence, entropy
   and modified entropy (Song & Mittal 2021);
+* for image classifiers, model inversion: MI-Face (Fredrikson et al. 2015) reconstructs one input per class from
+  the model's confidences; an independent classifier (an RBF SVM fitted on the non-members) judges whether the
+  reconstructions look like their class, next to the same attack on an untrained copy of the model (the
+  sanity baseline, at chance);
 * when the model's training recipe is given, the attacks that calibrate per example on reference models
   trained on random halves of the data: LiRA (Carlini et al. 2022; online, fixed variance) and RMIA (Zarifzadeh
   et al. 2024; offline). Both also run against a model trained on disjoint data, the sanity baseline whose AUC
@@ -116,10 +120,13 @@ def privacy_suite(
     attacks: Sequence[str] | None = None,
     fprs: Sequence[float] = DEFAULT_FPRS,
     seed: int = 0,
+    inversion: bool = True,
+    inversion_steps: int = 300,
     executor: Any = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Membership inference against ``model`` on a balanced sample of members and non-members.
+    """Membership inference against ``model`` on a balanced sample of members and non-members, and model
+    inversion where it applies.
 
     Parameters
     ----------
@@ -138,6 +145,8 @@ def privacy_suite(
     fprs : the false-positive rates at which the TPR is reported; those below ``1 / n`` (which ``n`` non-members
         cannot resolve) are left out and listed in ``config["fprs_below_resolution"]``.
     seed : the samples, the reference models' halves and seeds, and the bootstrap.
+    inversion : run MI-Face when the model is a torch module on images (inputs of shape (c, h, w)).
+    inversion_steps : MI-Face's most gradient steps per class.
     executor : where reference models train (:func:`adverse.execution.get_executor`).
     progress : ``progress(description, completed, total)``.
 
@@ -146,11 +155,14 @@ def privacy_suite(
     dict
         ``attacks``: one row per attack (``attack``, ``auc``, ``balanced_accuracy``, ``tpr_at_fpr``, ``ci``,
         ``n_members``, ``n_nonmembers``, ``roc``, ``params``, ``seconds``, ``baseline`` or ``baseline_note``,
-        ``warnings``); ``config``; ``seconds`` (``references``, ``total``).
+        ``warnings``); ``inversion`` (when it ran: ``evaluator_accuracy``, ``baseline_evaluator_accuracy``,
+        ``chance``, ``classes``, the reconstructions ``x``, ``params``, ``seconds``); ``config``; ``seconds``
+        (``references``, ``total``).
 
     References
     ----------
-    Yeom et al., IEEE CSF 2018. Song & Mittal, USENIX Security 2021. Carlini et al., "Membership Inference Attacks
+    Yeom et al., IEEE CSF 2018. Song & Mittal, USENIX Security 2021. Fredrikson, Jha & Ristenpart, "Model Inversion
+    Attacks that Exploit Confidence Information and Basic Countermeasures", ACM CCS 2015. Carlini et al., "Membership Inference Attacks
     From First Principles", IEEE S&P 2022. Zarifzadeh, Liu & Shokri, "Low-Cost High-Power Membership Inference
     Attacks", ICML 2024.
     """
@@ -206,9 +218,10 @@ def privacy_suite(
         pool_index = torch.cat([in_idx, len(members) + torch.arange(k)])
         train_fn = _RecipeTrainFn(recipe, members)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        report(f"membership: training {references} reference models on halves of {len(pool_x)} points", done,
-               total_units)
-        refs = ReferenceModels(train_fn, pool_x, pool_y, n=references, seed=seed, executor=executor).fit()
+        what = f"membership: training {references} reference models on halves of {len(pool_x)} points"
+        report(what, done, total_units)
+        refs = ReferenceModels(train_fn, pool_x, pool_y, n=references, seed=seed, executor=executor)
+        refs.fit(progress=lambda i, _: report(what, done + i, total_units))
         done += references
         report("membership: training the disjoint-data baseline model", done, total_units)
         population = (nonmembers.x[held], nonmembers.y[held])
@@ -226,10 +239,16 @@ def privacy_suite(
                              r.baseline_note))
             done += 1
     report("membership: done", total_units, total_units)
+    inverted = None
+    if inversion and _invertible(model, members):
+        report("model inversion (MI-Face), one reconstruction per class", 0, 1)
+        inverted = model_inversion(model, nonmembers, steps=inversion_steps, seed=seed)
+        report("model inversion (MI-Face), one reconstruction per class", 1, 1)
     return json_safe({
         "attacks": rows,
+        **({"inversion": inverted} if inverted is not None else {}),
         "config": {"n": k, "references": references if use_refs else 0, "attacks": names,
-                   "fprs": [float(f) for f in fprs], "fprs_below_resolution": dropped, "seed": seed,
+                   "inversion": inverted is not None, "fprs": [float(f) for f in fprs], "fprs_below_resolution": dropped, "seed": seed,
                    "recipe": None if recipe is None else repr(recipe),
                    "pool": (len(members) + k) if use_refs else None,
                    "members": {"name": members.name, "size": len(members)},
@@ -237,3 +256,32 @@ def privacy_suite(
         "seconds": {"references": ref_seconds, "total": time.perf_counter() - started},
     })
 
+
+
+MAX_INVERTED_CLASSES = 10
+EVALUATOR_SAMPLES = 2000
+
+
+def _invertible(model: Any, data: Dataset) -> bool:
+    from torch import nn
+
+    return isinstance(model, nn.Module) and data.x.dim() == 4
+
+
+def model_inversion(model: nn.Module, reference: Dataset, *, steps: int = 300, tv: float = 0.003,
+                    seed: int = 0) -> dict[str, Any]:
+    """MI-Face on the first (up to) 10 classes, judged by an RBF SVM fitted on ``reference`` (data the model did
+    not train on, at most 2,000 points), with the untrained-copy baseline. The total-variation prior (weight
+    ``tv``) keeps reconstructions image-like."""
+    import torch
+    from sklearn.svm import SVC
+
+    from ..privacy import miface
+
+    k = min(reference.num_classes, MAX_INVERTED_CLASSES)
+    x, y = reference.x[:EVALUATOR_SAMPLES], reference.y[:EVALUATOR_SAMPLES]
+    evaluator = SVC().fit(x.flatten(1).numpy(), y.numpy())
+    r = miface(model, torch.arange(k), shape=tuple(reference.x.shape[1:]), evaluator=evaluator, steps=steps,
+               tv=tv, bounds=reference.bounds, seed=seed)
+    return {"attack": "mi-face", "classes": list(range(k)), "x": r.x.detach().cpu().tolist(),
+            "evaluator": f"RBF SVM on {len(y)} non-member points", **r.summary()}

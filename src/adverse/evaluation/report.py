@@ -368,17 +368,48 @@ def _privacy_section(results: Mapping[str, Any], figs: _Figures) -> str:
         value = fmt(r.get(key) if key in r else r.get("tpr_at_fpr", {}).get(key))
         return value + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
+    def baseline(r: Mapping[str, Any]) -> str:
+        b = r.get("baseline")
+        return f"{b['auc']:.3f}" if isinstance(b, Mapping) and b.get("auc") is not None else "—"
+
     body = [[_e(r["attack"]), _e(with_ci(r, "auc", "auc", lambda v: f"{v:.3f}")),
              _e(with_ci(r, "balanced_accuracy", "balanced_accuracy", _pct)),
              *[_e(with_ci(r, f, f"tpr@{f}", _pct)) if f in r.get("tpr_at_fpr", {}) else "" for f in fprs],
-             f"{_e(_num(r.get('n_members')))} / {_e(_num(r.get('n_nonmembers')))}",
+             _e(baseline(r)), f"{_e(_num(r.get('n_members')))} / {_e(_num(r.get('n_nonmembers')))}",
              "<br>".join(_e(w) for w in r.get("warnings", []))] for r in rows]
     return ("<section id='privacy'><h2>Privacy: membership inference</h2><p>How well an attacker can tell whether "
             "a sample was in the training data. What matters is the true-positive rate at a low false-positive "
             "rate: an attack that confidently identifies even a few members is a real leak. Brackets hold "
-            "bootstrap confidence intervals.</p>" + img
-            + _table(["attack", "AUC", "balanced accuracy", *[f"TPR at FPR {f}" for f in fprs],
-                      "members / non-members", "warnings"], body) + "</section>")
+            "bootstrap confidence intervals; the baseline is the same attack against a model trained on other "
+            "data (about 0.5 when the attack measures membership and nothing else).</p>" + img
+            + _table(["attack", "AUC", "balanced accuracy", *[f"TPR at FPR {f}" for f in fprs], "baseline AUC",
+                      "members / non-members", "warnings"], body)
+            + _inversion(results["privacy"].get("inversion"), figs) + "</section>")
+
+
+def _inversion(inv: Any, figs: _Figures) -> str:
+    """Model inversion's reconstructions, one per class, and how an independent classifier judged them."""
+    if not isinstance(inv, Mapping) or "x" not in inv:
+        return ""
+    import numpy as np
+
+    x = np.asarray(inv["x"], dtype=np.float32)
+    k = len(x)
+    fig = figs.new(1.3 * k, 1.8)
+    for i in range(k):
+        ax = fig.add_subplot(1, k, i + 1)
+        img = _image(x[i])
+        ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(f"class {inv['classes'][i]}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    img = figs.embed(fig, "inversion", "MI-Face reconstructions, one per class")
+    base = inv.get("baseline_evaluator_accuracy")
+    return (f"<h3>Model inversion</h3><p>MI-Face rebuilds an input per class from the model's confidences alone. "
+            f"An independent classifier ({_e(inv.get('evaluator', ''))}) recognises {_pct(inv['evaluator_accuracy'])} "
+            f"of the reconstructions as their class; for an untrained copy of the model it recognises "
+            f"{_pct(base)} (chance is {_pct(inv.get('chance'))}). Well above the baseline means the model gives "
+            f"away what its classes look like.</p>{img}")
 
 
 def _detectors_table(rows: Sequence[Mapping[str, Any]]) -> str:

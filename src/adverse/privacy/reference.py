@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..execution import Executor, Task, map_tasks, spawn_seeds
+from ..execution import Executor, Task, imap_tasks, map_tasks, spawn_seeds
 from ._signals import check_xy, model_logits
 
 Tensor = torch.Tensor
@@ -159,14 +159,18 @@ class ReferenceModels:
                 f"trained={self._models is not None})")
 
     # ------------------------------------------------------------------ training
-    def fit(self) -> ReferenceModels:
-        """Train the models (once; later calls return at once)."""
+    def fit(self, progress: Callable[[int, int], None] | None = None) -> ReferenceModels:
+        """Train the models (once; later calls return at once); ``progress(done, total)`` after each model."""
         if self._models is None:
             t0 = time.perf_counter()
             tasks = [Task(k, s, (self.train_fn, self.x_pool[self.masks[k]], self.y_pool[self.masks[k]]))
                      for k, s in enumerate(self.seeds)]
-            models = map_tasks(_train_one, tasks, self.executor)
-            self._models = [_check_model(m, "train_fn") for m in models]
+            models = []
+            for m in imap_tasks(_train_one, tasks, self.executor):  # in task order, as each finishes
+                models.append(_check_model(m, "train_fn"))
+                if progress is not None:
+                    progress(len(models), len(tasks))
+            self._models = models
             self.train_seconds = time.perf_counter() - t0
         return self
 
