@@ -288,3 +288,34 @@ def test_black_box_onnx_model_is_audited_with_square(tmp_path, digits_train, dig
         audit(model, digits_test.subset(10), attacks=["pgd"])
     with pytest.raises(AdverseError, match="certify"):
         audit(model, digits_test.subset(10), suites=["certify"])
+
+
+def test_recipes_and_training_data_on_the_command_line(tmp_path):
+    from adverse.loading import load_recipe
+    from adverse.zoo import recipe
+
+    assert repr(load_recipe("digits-cnn")) == repr(recipe("digits-cnn"))
+    assert load_recipe("adverse.zoo:train_classifier") is not None  # any importable function
+    for spec, words in (("no-such-model", "unknown training recipe"), ("adverse.zoo:nothing", "cannot import"),
+                        ("adverse.zoo:RECIPES", "not a function")):
+        with pytest.raises(AdverseError, match=words):
+            load_recipe(spec)
+    r = CliRunner().invoke(app, ["audit", "--train-data", "digits:train", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--train-data needs --model" in r.output
+    r = CliRunner().invoke(app, ["audit", "--recipe", "no-such-model", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown training recipe" in r.output
+    r = CliRunner().invoke(app, ["audit", "--autoattack", "plus", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--autoattack" in r.output
+
+
+def test_zoo_recipe_trains_what_pretrained_trains():
+    """``recipe(name)(digits('train'), seed)`` is the training ``pretrained(name)`` caches (checked on one epoch)."""
+    from adverse import zoo
+
+    zoo.RECIPES["one-epoch"] = dict(zoo.RECIPES["digits-cnn"], epochs=1)
+    try:
+        a = zoo.recipe("one-epoch")(digits("train"), 0)
+        b = zoo.pretrained("one-epoch", cache=False)
+    finally:
+        del zoo.RECIPES["one-epoch"]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -652,17 +652,21 @@ def audit(
         from .confirm import adversarial_examples, autoattack_confirmation, minimal_norm_curve, robust_at
 
         if minimal_norm:
-            report(f"minimal-norm curve (FMN, 100 steps) on {total_n} points", 0, 1)
+            what = f"minimal-norm curve (FMN, 100 steps) on {total_n} points"
+            report(what, 0, total_n)
             mn_result = timed("minimal_norm", lambda: minimal_norm_curve(
-                model, x, y, norm=norm, bounds=bounds, steps=100, batch_size=batch_size, seed=seed))
+                model, x, y, norm=norm, bounds=bounds, steps=100, batch_size=batch_size, seed=seed,
+                progress=lambda done, total: report(what, done, total)))
             config["minimal_norm"] = {"attack": "fmn", "steps": 100}
         if autoattack is not None:
             k = min(autoattack_n, total_n)
-            report(f"AutoAttack ({autoattack}) at eps {check_eps:g} on {k} points", 0, 1)
+            what = f"AutoAttack ({autoattack}) at eps {check_eps:g} on {k} points"
+            report(what, 0, 1)
             curve = robust_at(mn_result["norms"][:k], check_eps) if mn_result is not None else None
             aa_result = timed("autoattack", lambda: autoattack_confirmation(
                 model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, version=autoattack, seed=seed,
-                curve_robust=curve, fixed_robust=~fooled[("worst-case", check_eps)][:k]))
+                curve_robust=curve, fixed_robust=~fooled[("worst-case", check_eps)][:k],
+                progress=lambda attack, done, total: report(what, done, total)))
             config["autoattack"] = {"version": autoattack, "eps": check_eps, "n": k}
         if examples and x.dim() == 4:
             example_arrays = adversarial_examples(model, x, y, eps=check_eps, norm=norm, bounds=bounds, seed=seed)

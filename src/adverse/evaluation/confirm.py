@@ -14,7 +14,7 @@ Every function returns JSON-ready values (per-sample lists included) and never m
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,13 +34,13 @@ without gradient masking, and the audit's black-box check runs Square separately
 
 def minimal_norm_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
                        bounds: tuple[float, float], steps: int = 100, batch_size: int = 256, seed: int = 0,
-                       grid: int = 101) -> dict[str, Any]:
+                       grid: int = 101, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Per-sample smallest adversarial perturbation (FMN) and the robust-accuracy-vs-eps curve it implies.
 
     Returns ``{"attack": "fmn", "norm", "steps", "norms"}`` (per sample: 0 for a clean error, None where FMN
     found nothing) plus ``"curve": {"eps": [...], "robust_accuracy": [...]}`` on ``grid`` budgets from 0 to the
     largest norm found, ``"median"`` (over clean-correct samples, None when most were never fooled),
-    ``forwards``, ``backwards`` and ``seconds``.
+    ``forwards``, ``backwards`` and ``seconds``. ``progress(done, total)`` is called after each batch, in samples.
 
     References
     ----------
@@ -57,6 +57,8 @@ def minimal_norm_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
         r = fmn(model, x[a:a + batch_size], y[a:a + batch_size], norm=norm, steps=steps, bounds=bounds, seed=seed)
         norms.append(torch.where(r.success, r.norms, torch.full_like(r.norms, float("inf"))))
         fw, bw = fw + r.forwards, bw + r.backwards
+        if progress is not None:
+            progress(min(a + batch_size, x.shape[0]), x.shape[0])
     d = torch.cat(norms).double().cpu().numpy()
     finite = d[np.isfinite(d)]
     top = float(finite.max()) if finite.size else 0.0
@@ -80,13 +82,15 @@ def robust_at(norms: Sequence[float | None], eps: float) -> np.ndarray:
 def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                             bounds: tuple[float, float], version: str = "fast", seed: int = 0,
                             curve_robust: np.ndarray | None = None, fixed_robust: np.ndarray | None = None,
-                            margin: float = 0.02) -> dict[str, Any]:
+                            margin: float = 0.02, progress: Callable[[str, int, int], None] | None = None
+                            ) -> dict[str, Any]:
     """AutoAttack at ``eps`` on ``x, y``, compared with the robust accuracy the minimal-norm curve
     (``curve_robust``, per sample) and the fixed-eps attacks (``fixed_robust``) claim on the same points.
 
     ``version``: "standard" (APGD-CE, APGD-T, FAB-T, Square: Croce & Hein's reference) or "fast" (APGD-CE and
     APGD-T only). The status is "warn" when AutoAttack fools more than a ``margin`` share of the points that the
     audit's own attacks left robust (the audit's numbers over-estimate robustness), else "pass".
+    ``progress(attack, done, total)`` is AutoAttack's, called as each of its attacks starts.
 
     References
     ----------
@@ -99,7 +103,7 @@ def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         raise InputError(f"autoattack version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {version!r}")
     kw: dict[str, Any] = {"version": "standard"} if version == "standard" else {"attacks": list(FAST_ATTACKS)}
     started = time.perf_counter()
-    r = autoattack(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, checks=False, **kw)
+    r = autoattack(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, checks=False, progress=progress, **kw)
     aa_robust = (r.clean_correct & ~r.success).cpu().numpy()
     out: dict[str, Any] = {
         "version": version, "eps": float(eps), "n": int(x.shape[0]), "robust_accuracy": float(aa_robust.mean()),
