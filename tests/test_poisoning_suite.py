@@ -48,6 +48,7 @@ def test_activation_clustering_finds_the_poisons_and_removal_kills_the_backdoor(
     assert ac["params"]["layer"] == "head.1" and ac["poison_rate"] == 0.05
     assert ac["tpr"] >= 0.8 and ac["fpr"] <= 0.1 and ac["auroc"] >= 0.9 and set(ac["tpr_at_fpr"]) == {"0.05"}
     before = out["attacks"][1]["attack_success_rate"]
+    assert ac["before"] == {k: out["attacks"][1][k] for k in ("clean_accuracy", "attack_success_rate")}
     assert ac["after"]["attack_success_rate"] <= before - 0.5 and ac["after"]["clean_accuracy"] >= 0.9
     assert ac["after"]["removed"] >= 63 * ac["tpr"]
 
@@ -72,6 +73,7 @@ def test_detect_rate_outside_rates_trains_once_more(data):
                           detectors=("spectral_signatures",))
     assert seen[:2] == [300, 300] and len(seen) == 3 and seen[2] < 300  # rate 0, rate 0.1, after removal
     assert out["detectors"][0]["poison_rate"] == 0.1 and len(out["attacks"]) == 1
+    assert set(out["detectors"][0]["before"]) == {"clean_accuracy", "attack_success_rate"}
     json.dumps(out, allow_nan=False)
     assert poisoning_suite(untrained, data[0].subset(300), data[1].subset(100), rates=0.0,
                            detectors=())["detectors"] == []

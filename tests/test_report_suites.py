@@ -19,6 +19,7 @@ POISONING = {
     "detectors": [
         {"detector": "activation_clustering", "poison_rate": 0.05, "params": {"layer": "head.1"}, "auroc": 0.9782,
          "tpr": 1.0, "fpr": 0.0218, "tpr_at_fpr": {"0.05": 1.0},
+         "before": {"clean_accuracy": 0.9833, "attack_success_rate": 0.9938},
          "after": {"clean_accuracy": 0.9574, "attack_success_rate": 0.0, "removed": 89}, "seconds": 17.7},
         {"detector": EVIL, "poison_rate": 0.05, "params": {"layer": "head.1"}, "auroc": None, "tpr": 0.4613,
          "fpr": 0.4791, "tpr_at_fpr": {"0.05": 0.0476},
@@ -56,7 +57,7 @@ def test_certify_and_detectors_render(certified, tmp_path):
 
     poison = _section(page, "poisoning")
     assert "<h3>Finding the poisons</h3>" in poison and "<th>TPR at FPR 0.05</th>" in poison
-    assert "<td class='r'>0.978</td><td class='r'>100.0% / 2.2%</td>" in poison and "88.8%" in poison
+    assert "<td class='r'>0.978</td><td class='r'>100.0% / 2.2%</td>" in poison and "99.4% → 0.0%" in poison and "98.3% → 95.7%" in poison and "<td class='r'>88.8%</td>" in poison
     assert "n/a" in poison and "<script" not in page.lower() and "&lt;script&gt;" in poison
 
 
