@@ -12,7 +12,7 @@ Sections, each drawn by one function and each left out when its keys are absent:
 * robustness curves: robust accuracy against eps per attack, and the worst case (``attacks``, ``worst_case``);
 * sanity checks: status, message and evidence of each check (``checks``, ``config["checks"]``);
 * attacks × eps: robust accuracy, success rate and the budget spent by each attack at each eps (``attacks``);
-* privacy and poisoning (keys that other suites fill; shapes below);
+* privacy (membership inference, model inversion), poisoning and certify (the other suites; shapes below);
 * examples: clean, adversarial and perturbation images (the ``examples`` argument, not in ``results.json``);
 * reproduce: the command line, the configuration, seeds, versions and total budget (``config``,
   ``environment``, ``budget``, ``seconds``, ``created``).
@@ -40,6 +40,16 @@ Expected shape of the optional suite keys
          "clean_accuracy": 0.97,        # optional: accuracy of the poisoned model on clean test data
          "n_poison": 12},               # optional
         ...]}
+
+``results["poisoning"]["detectors"]`` (optional): one row per poison detector at one poison rate: ``detector``,
+``poison_rate``, ``params`` (``layer``, ...), ``auroc``, ``tpr``, ``fpr``, ``tpr_at_fpr`` ({"0.05": ...}),
+``before`` and ``after`` (``clean_accuracy``, ``attack_success_rate``; ``after`` also ``removed``), ``seconds``.
+
+``results["privacy"]["inversion"]`` (optional): MI-Face's reconstructions ``x`` (one per class in ``classes``),
+``evaluator_accuracy``, ``baseline_evaluator_accuracy``, ``chance``, ``evaluator``.
+
+``results["certify"]``: what :func:`adverse.evaluation.certify_suite.certify_suite` returns; ``results["minimal_norm"]``
+and ``results["autoattack"]``: what :mod:`adverse.evaluation.confirm` returns.
 
 ``examples`` (optional argument): a mapping with numpy arrays ``x`` and ``x_adv`` (shape ``(k, C, H, W)``,
 ``(k, H, W)`` or ``(k, H, W, C)``, values in ``[0, 1]``), ``y`` and ``pred_adv`` (shape ``(k,)``); at most
