@@ -10,13 +10,12 @@ import io
 import json
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, HARNESS, chromium, console
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -233,22 +232,6 @@ def test_report_command_refuses_bad_json(tmp_path, text, message):
 
 
 # --------------------------------------------------------------------------------------------- in a browser
-CHROMIUM = shutil.which("chromium")
-HARNESS = ("<script>window.addEventListener('load', () => {const bad = [...document.images].filter("
-           "i => !i.complete || i.naturalWidth === 0); document.body.dataset.images = document.images.length + "
-           "':' + bad.length;});</script>")
-
-
-def _chromium(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-                           "--v=0", "--virtual-time-budget=5000", *args], check=False, capture_output=True, text=True,
-                          timeout=90)
-
-
-def _console(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it: apt-get install chromium)")
 def test_chromium_renders_the_report(hand_made, tmp_path):
     _, path = hand_made
@@ -256,17 +239,17 @@ def test_chromium_renders_the_report(hand_made, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><html><body><img src='data:image/png;base64,AAAA'>"
                    f"<script>undefinedFunction();</script>{HARNESS}</body></html>")
-    run = _chromium("--dump-dom", bad.as_uri())
-    assert any("Uncaught" in line for line in _console(run.stderr)) and 'data-images="1:1"' in run.stdout
+    run = chromium("--dump-dom", bad.as_uri())
+    assert any("Uncaught" in line for line in console(run.stderr)) and 'data-images="1:1"' in run.stdout
 
     # one run on a copy of the report, alone in a folder (no figures/ beside it: self-contained), with the image
     # probe appended (the report itself has no script): the DOM holds every section heading, every image
     # decoded, no console message; and a screenshot of the page
     probe, shot = tmp_path / "probe.html", tmp_path / "shot.png"
     probe.write_text(path.read_text(encoding="utf-8").replace("</body>", HARNESS + "</body>"), encoding="utf-8")
-    run = _chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1200,2000", probe.as_uri())
+    run = chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1200,2000", probe.as_uri())
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
-    assert _console(run.stderr) == []
+    assert console(run.stderr) == []
     for sid, heading in SECTIONS.items():
         assert re.search(rf'<section id="{sid}"><h2>{re.escape(heading)}</h2>', run.stdout), heading
     assert 'data-images="4:0"' in run.stdout  # 4 images, none broken

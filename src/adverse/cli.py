@@ -273,9 +273,6 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
     autoattack = pick(args["autoattack"], ev.get("autoattack"), "fast")
     if autoattack not in ("fast", "standard", "off"):
         raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
-    if args["model"] is None and args["data"] is None and "file" not in mdl:
-        if args["arch"] is not None:
-            raise AdverseError("--arch needs --model")
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
         "model_file": pick(args["model"], mdl.get("file"), None),

@@ -48,9 +48,10 @@ Paths in ``[model]`` and ``[data]`` are relative to the configuration file's fol
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import InputError
 
