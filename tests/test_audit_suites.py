@@ -333,7 +333,7 @@ def test_chromium_renders_the_report_of_every_suite(full, tmp_path):
                 "reproduce"):
         assert f'<section id="{sid}">' in run.stdout, sid
     images = page.count("<img ")
-    assert images >= 7 and f'data-images="{images}:0"' in run.stdout  # every figure decoded, none broken
+    assert images >= 6 and f'data-images="{images}:0"' in run.stdout  # 6 figures (curves, ROC, inversion, poisoning, certify, examples), none broken
     from PIL import Image
 
     with Image.open(shot) as im:
