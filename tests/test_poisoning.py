@@ -366,3 +366,59 @@ def test_clean_label_needs_the_adversarial_perturbation():
         pd = clean_label(d, clean, target=0, rate=0.5, eps=eps, steps=20, seed=0)
         asr[eps] = backdoor_metrics(cnn_train_fn(pd.dataset(), 0), pd, te)["asr"]
     assert asr[0.0] <= 0.1 and asr[0.2] >= 0.25 and asr[0.2] >= asr[0.0] + 0.2, asr
+
+
+def test_gradient_matching_flips_more_targets_than_its_random_noise_control():
+    """Issue 5: gradient matching flips clearly more targets of victims retrained from scratch (two seeds,
+    neither the surrogate's) than random ±eps sign noise on the same images at the same budget.
+
+    MLP on digits, 5 % budget (63 poisons of the surrogate's runner-up class), L∞ eps 0.25, 250 steps, one
+    restart; 8 targets drawn at random among the test images that the surrogate and both clean victims classify
+    correctly and that the surrogate gives less than 0.95 probability (without that filter — the surrogate gives
+    most test images more — the same recipe flipped 0 of 16: such targets are out of this budget's reach).
+    Measured: 9 of 16 (target, victim) pairs flipped, control 0 of 16; about 30 s on one thread."""
+    from adverse.poisoning import targeted_evaluation
+
+    d, te = digits_train(), digits_test()
+    train_fn = trainer(lambda: MLP(64, 10), epochs=20)
+    surrogate, victims = train_fn(d, 0), (1, 2)
+    clean = [train_fn(d, s) for s in victims]
+    with torch.no_grad():
+        probs = torch.softmax(surrogate(te.x), 1)
+        ok = (probs.argmax(1) == te.y) & (probs.max(1).values < 0.95)
+        for m in clean:
+            ok &= m(te.x).argmax(1) == te.y
+    order = torch.randperm(len(te), generator=torch.Generator().manual_seed(0))
+    poisoned = []
+    for i in order[ok[order]][:8].tolist():
+        runner_up = probs[i].clone()
+        runner_up[te.y[i]] = -1
+        poisoned.append(gradient_matching(surrogate, d, te.x[i], adv_label=int(runner_up.argmax()),
+                                          y_target=int(te.y[i]), rate=0.05, eps=0.25, steps=250, restarts=1,
+                                          seed=i))
+    assert all(p.params["alignment"] > 0.95 for p in poisoned)
+    hits = ctrl = 0
+    for s in victims:
+        out = targeted_evaluation(train_fn, poisoned, seed=s)
+        hits += sum(out["per_target"])
+        ctrl += sum(out["control_per_target"])
+    assert hits >= 6 and ctrl <= 1 and hits >= ctrl + 5, (hits, ctrl)
+
+
+def test_random_shift_is_a_differentiable_integer_translation():
+    """The differentiable augmentation of ``gradient_matching(augment=k)``: each image moved by an integer
+    offset in [-k, k]², zero-filled, gradients flowing to the input; ``trainer(augment=k)`` stays deterministic."""
+    from adverse.poisoning.targeted import random_shift
+
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    out = random_shift(x, 1, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    for img, src in zip(out.detach(), x.detach()):
+        pad = torch.nn.functional.pad(src, (1, 1, 1, 1))
+        assert any(torch.equal(img, pad[:, r : r + 8, c : c + 8]) for r in range(3) for c in range(3))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.sum() > 0
+    assert random_shift(x, 0, torch.Generator()) is x
+    fn = trainer(lambda: MLP(64, 10), epochs=1, augment=1)
+    d = digits_train().subset(200)
+    assert torch.equal(fn(d, 3).net[1].weight, fn(d, 3).net[1].weight)

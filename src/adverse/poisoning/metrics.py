@@ -64,17 +64,26 @@ def class_recall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cls: int) -
     return float((predict(model, x[keep]) == cls).float().mean())
 
 
-def trainer(build: Callable[[], nn.Module], **train_kwargs) -> TrainFn:
+def trainer(build: Callable[[], nn.Module], *, augment: int = 0, **train_kwargs) -> TrainFn:
     """A victim's training recipe as a ``train_fn(dataset, seed) -> model``: ``build()`` under
     ``torch.manual_seed(seed)`` (inside a forked RNG, so the caller's global state is untouched), then
-    :func:`adverse.zoo.train_classifier` with ``seed`` and ``train_kwargs`` (epochs, lr, ...)."""
+    :func:`adverse.zoo.train_classifier` with ``seed`` and ``train_kwargs`` (epochs, lr, ...).
+
+    ``augment > 0`` trains with data augmentation, as the Witches' Brew victims do: every batch randomly
+    shifted by up to ``augment`` pixels (:func:`adverse.poisoning.targeted.shift_augmentation`, seeded with
+    ``seed``, so a run is still deterministic per seed)."""
     from ..zoo import train_classifier
+    from .targeted import shift_augmentation
+
+    if augment and "perturb" in train_kwargs:
+        raise InputError("augment and perturb cannot be combined; pass one")
 
     def train_fn(data: Dataset, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build()
-        return train_classifier(model, data, seed=seed, **train_kwargs)
+        extra = {"perturb": shift_augmentation(augment, seed, data.bounds[0])} if augment else {}
+        return train_classifier(model, data, seed=seed, **extra, **train_kwargs)
 
     return train_fn
 

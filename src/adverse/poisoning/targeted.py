@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,37 @@ def feature_collision(
     return _result(data, idx, x, "feature_collision", params, t, y_target, adv_label)
 
 
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, fill: float = 0.0) -> torch.Tensor:
+    """Each image translated by its own random integer offset in ``[-max_shift, max_shift]²`` (zero padding,
+    value ``fill``, then an h×w crop): the random-crop augmentation of the Witches' Brew victims,
+    written with indexing so that it is differentiable in ``x`` (the paper's differentiable augmentation)."""
+    s = int(max_shift)
+    if s < 0:
+        raise InputError(f"max_shift must be ≥ 0, got {max_shift!r}")
+    if s == 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (s, s, s, s), value=fill)
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    rows = (torch.arange(h)[None] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w)[None] + dx[:, None])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def shift_augmentation(max_shift: int = 1, seed: int = 0, fill: float = 0.0):
+    """A victim's training-time augmentation as :func:`adverse.zoo.train_classifier`'s ``perturb``: every batch is
+    randomly shifted by up to ``max_shift`` pixels (:func:`random_shift`, with its own generator seeded with
+    ``seed``). Witches' Brew victims train with random crops; ``gradient_matching(..., augment=max_shift)``
+    crafts through the same augmentation. ``adverse.poisoning.trainer(build, augment=k)`` uses it."""
+    g = torch.Generator().manual_seed(int(seed))
+
+    def perturb(_model: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        return random_shift(x, max_shift, g, fill)
+
+    return perturb
+
+
 def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm: torch.Tensor) -> torch.Tensor:
     """``1 − ⟨∇_θ L_t, ∇_θ L_p⟩ / (‖∇_θ L_t‖ ‖∇_θ L_p‖)`` over all parameters (Geiping et al., Eq. 3)."""
     dot = sum((a * b).sum() for a, b in zip(g_p, g_t))
@@ -152,7 +183,8 @@ def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm:
 def gradient_matching(
     model: nn.Module | Sequence[nn.Module], data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
     rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1,
-    selection: str = "gradient", seed: int = 0,
+    selection: str = "gradient", retrain_fn: Callable[[Dataset, int], nn.Module] | None = None, retrains: int = 0,
+    augment: int = 0, seed: int = 0,
 ) -> PoisonedData:
     """Witches' Brew: perturb base images of the adversarial class so that their training gradient aligns with
     the gradient that would teach the model ``f(x_t) = y_adv``.
@@ -180,7 +212,20 @@ def gradient_matching(
     steps, restarts, tau : M, R and the relative step size of Algorithm 1.
     selection : "gradient" (the adversarial-class images with the largest ‖∇_θ L‖ on the surrogate, the
         selection the authors recommend) or "random".
-    seed : which bases are drawn ("random") and the random starts.
+    retrain_fn, retrains : the retraining variant (Souri et al., Sleeper Agent, periodically retrain the surrogate
+        on the poisoned training set while crafting): ``retrains`` times in each restart, after
+        ``m · steps / (retrains + 1)`` steps (m = 1 … retrains), every surrogate is replaced by
+        ``retrain_fn(poisoned_set, seed')`` — a model trained from scratch on the training set with the current
+        poisons (e.g. ``adverse.poisoning.trainer(SmallCNN, epochs=20, augment=1)``), ``seed'`` drawn
+        from ``seed`` — and the target gradient is recomputed on it, so the poisons are matched at parameters
+        that have already learned them, as a victim's have (the restart's final ``B`` is measured on its last
+        retrained surrogates). ``0`` (default) is the static Witches' Brew.
+    augment : differentiable data augmentation (Geiping et al. craft the poisons through the same kind of random
+        augmentation the victim trains with, so that they keep working through it; the authors' code does so by
+        default): every
+        step, each poison is shifted by a fresh random offset of up to ``augment`` pixels (:func:`random_shift`,
+        the 8×8 analogue of the paper's random crops) before its gradient is taken; 0 (default) crafts without.
+    seed : which bases are drawn ("random"), the random starts, shifts and retraining seeds.
 
     Returns
     -------
@@ -191,43 +236,64 @@ def gradient_matching(
     ----------
     Geiping, Fowl, Huang, Czaja, Taylor, Moeller & Goldstein, "Witches' Brew: Industrial Scale Data Poisoning
     via Gradient Matching", ICLR 2021.
+    Souri, Fowl, Chellappa, Goldblum & Goldstein, "Sleeper Agent: Scalable Hidden Trigger Backdoors for Neural
+    Networks Trained from Scratch", NeurIPS 2022 (model retraining during crafting).
     """
     if selection not in ("gradient", "random"):
         raise InputError(f"selection must be 'gradient' or 'random', got {selection!r}")
     if steps < 1 or restarts < 1:
         raise InputError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
+    if retrains < 0 or (retrains > 0 and retrain_fn is None):
+        raise InputError(f"retrains must be ≥ 0 and needs a retrain_fn(dataset, seed) -> model, got {retrains}")
     start = time.perf_counter()
-    nets = [_frozen_copy(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
-    if not nets:
+    surrogates = [_frozen_copy(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+    if not surrogates:
         raise InputError("model must be a module or a non-empty list of modules")
     t, adv_label, rate, eps, idx = _setup(data, x_target, adv_label, rate, eps, seed,
-                                          nets[0][0] if selection == "gradient" else None)
+                                          surrogates[0][0] if selection == "gradient" else None)
     x, y = data.x[idx], data.y[idx]
     n = x.shape[0]
     lower, upper = linf_box(x, torch.full((n,), eps, dtype=x.dtype), data.bounds)
     y_adv = torch.tensor([adv_label])
-    target_grads = []
-    for net, params in nets:
-        g_t = [g.detach() for g in _flat_grad(F.cross_entropy(net(t), y_adv), params, False)]
-        target_grads.append((g_t, torch.sqrt(sum(g.pow(2).sum() for g in g_t))))
 
-    def mismatch(x_p: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    def target_grads(nets: list) -> list:
+        out = []
+        for net, params in nets:
+            g_t = [g.detach() for g in _flat_grad(F.cross_entropy(net(t), y_adv), params, False)]
+            out.append((g_t, torch.sqrt(sum(g.pow(2).sum() for g in g_t))))
+        return out
+
+    def mismatch(nets: list, grads: list, x_p: torch.Tensor, create_graph: bool) -> torch.Tensor:
         losses = [
             _cosine_mismatch(_flat_grad(F.cross_entropy(net(x_p), y, reduction="sum"), params, create_graph), g_t, nt)
-            for (net, params), (g_t, nt) in zip(nets, target_grads)
+            for (net, params), (g_t, nt) in zip(nets, grads)
         ]
         return torch.stack(losses).mean()
 
+    def retrained(delta: torch.Tensor) -> list:
+        x_all = data.x.clone()
+        x_all[idx] = (x + delta).detach()
+        poisoned = Dataset(x_all, data.y, data.name, data.num_classes, data.bounds)
+        return [_frozen_copy(retrain_fn(poisoned, int(torch.randint(2**31 - 1, (1,), generator=gen))))
+                for _ in surrogates]
+
+    clean_grads = target_grads(surrogates)
     gen = torch.Generator().manual_seed(int(seed))
     best_delta, best_loss = torch.zeros_like(x), float("inf")
     milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    retrain_at = {steps * m // (retrains + 1) for m in range(1, retrains + 1)}
     for _ in range(restarts):
+        nets, grads = surrogates, clean_grads
         delta = clip_to_box((torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * eps, lower, upper)
         delta.requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=tau * eps)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        for _ in range(steps):
-            (grad,) = torch.autograd.grad(mismatch(x + delta, True), delta)
+        for step in range(steps):
+            if step in retrain_at:
+                nets = retrained(delta)
+                grads = target_grads(nets)
+            x_p = random_shift(x + delta, augment, gen, data.bounds[0]) if augment else x + delta
+            (grad,) = torch.autograd.grad(mismatch(nets, grads, x_p, True), delta)
             opt.zero_grad(set_to_none=True)
             delta.grad = grad.sign()
             opt.step()
@@ -235,11 +301,11 @@ def gradient_matching(
             with torch.no_grad():
                 delta.copy_(clip_to_box(delta, lower, upper))
         delta = delta.detach()
-        final = float(mismatch(x + delta, False).detach())
+        final = float(mismatch(nets, grads, x + delta, False).detach())
         if final < best_loss:
             best_loss, best_delta = final, delta
     params_out = {"adv_label": adv_label, "y_target": y_target, "rate": rate, "eps": eps, "steps": steps,
-                  "restarts": restarts, "tau": tau, "selection": selection, "ensemble": len(nets), "seed": seed,
-                  "alignment": 1 - best_loss,
+                  "restarts": restarts, "tau": tau, "selection": selection, "ensemble": len(surrogates),
+                  "retrains": retrains, "augment": augment, "seed": seed, "alignment": 1 - best_loss,
                   "seconds": time.perf_counter() - start}
     return _result(data, idx, x + best_delta, "gradient_matching", params_out, t, y_target, adv_label)
