@@ -277,6 +277,7 @@ def test_black_box_onnx_model_is_audited_with_square(tmp_path, digits_train, dig
     res = audit(model, digits_test.subset(40), train_data=digits_train, eps=(0.1, 0.3), privacy={"n": 40})
     assert res.suites == ["evasion", "privacy"] and res.model["black_box"] is True
     assert [r["attack"] for r in res.attacks] == ["square", "square"]
+    assert res.model["name"] == "mlp.onnx" and all(r["queries"] >= 40 for r in res.attacks)
     assert res.attacks[1]["robust_accuracy"] <= res.attacks[0]["robust_accuracy"] <= res.clean_accuracy
     with torch.no_grad():
         assert res.clean_accuracy * 40 == int((net(digits_test.x[:40]).argmax(1) == digits_test.y[:40]).sum())

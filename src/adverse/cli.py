@@ -450,13 +450,13 @@ def _table(result: AuditResult) -> Any:
     table.add_column("attack")
     for e in cfg["eps"]:
         table.add_column(f"ε={e:g}", justify="right")
-    table.add_column("passes", justify="right", style="dim")
+    table.add_column("passes / queries", justify="right", style="dim")
     table.add_column("time", justify="right", style="dim")
     table.add_row("none (clean)", *[_pct(result.clean_accuracy)] * len(cfg["eps"]), "", "")
     for name, settings in cfg["attacks"].items():
         rows = [r for r in result.attacks if r["attack"] == name]
         label = _NAMES.get(name, name) + (f" ({settings['steps']} steps)" if "steps" in settings else "")
-        passes = sum(r["forwards"] + r["backwards"] for r in rows)
+        passes = sum(r["forwards"] + r["backwards"] or r.get("queries", 0) for r in rows)  # queries: black box
         seconds = sum(r["seconds"] for r in rows)
         table.add_row(label, *[_pct(r["robust_accuracy"]) for r in rows], f"{passes:,}", f"{seconds:.1f} s")
     table.add_row("worst case", *[_pct(r["robust_accuracy"]) for r in result.worst_case], "", "",

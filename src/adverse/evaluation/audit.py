@@ -504,7 +504,8 @@ def audit(
         if data is None:
             raise InputError("pass the data to audit the model on, e.g. audit(model, adverse.data.load_npz(path))")
         dataset = _as_dataset(data)
-        model_info = {"name": type(model).__name__, "source": "user"}
+        path = getattr(model, "path", None)  # a black box loaded from a file is named by it
+        model_info = {"name": Path(path).name if path is not None else type(model).__name__, "source": "user"}
         data_info = {"name": dataset.name, "source": "user"}
         if train_data is not None:
             members = _as_dataset(train_data)
@@ -603,11 +604,12 @@ def audit(
                     state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
                     done += cost * (b - a)
                     report(description, done, total_work)
-                parts, fw, bw, secs, params = [], 0, 0, 0.0, {}
+                parts, fw, bw, queries, secs, params = [], 0, 0, 0, 0.0, {}
                 for a, _ in batches:
                     rec = state.get(name, e, a)
                     parts.append(np.asarray(rec["success"], dtype=bool))
                     fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
+                    queries += rec.get("queries", 0)
                     params = rec["params"]
                 bad = np.concatenate(parts) | ~clean_correct
                 fooled[(name, e)] = bad
@@ -615,7 +617,7 @@ def audit(
                 rows.append({
                     "attack": name, "eps": e, "robust_accuracy": robust / total_n, "robust": robust,
                     "success_rate": 1.0 - robust / total_n, "forwards": fw, "backwards": bw, "seconds": secs,
-                    "params": params,
+                    "params": params, **({"queries": queries} if queries else {}),
                 })
 
         # worst case per sample: fooled by any attack at this eps or a smaller one
@@ -780,7 +782,7 @@ def _attack_batch(task: Any) -> dict[str, Any]:
     fn, model, x, y, kwargs = task.payload
     r = fn(model, x, y, **kwargs)
     return {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
-            "backwards": r.backwards, "seconds": r.seconds, "params": r.summary()["params"]}
+            "backwards": r.backwards, "queries": r.queries, "seconds": r.seconds, "params": r.summary()["params"]}
 
 
 def json_safe(value: Any) -> Any:
