@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
-from .errors import InputError
+from .errors import InputError, ModelError
 
 
 class SmallCNN(nn.Module):
@@ -136,6 +136,16 @@ def recipe(name: str = "digits-cnn") -> Callable[[Dataset, int], nn.Module]:
     if name not in RECIPES:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(RECIPES)}")
     return _Recipe(name)
+
+
+def train_with(recipe: Callable[[Dataset, int], nn.Module], data: Dataset, seed: int) -> nn.Module:
+    """``recipe(data, seed)``, checked to return the trained ``torch.nn.Module`` (raises :class:`ModelError`
+    naming what it returned instead)."""
+    model = recipe(data, seed)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"the training recipe returned {type(model).__name__}, not a torch.nn.Module; a recipe is "
+                         "recipe(dataset, seed) -> trained model (see adverse.zoo.recipe, adverse.poisoning.trainer)")
+    return model
 
 
 class _Recipe:

@@ -211,13 +211,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 class _Checkpoint:
-    """The finished work of one audit, batch by batch, in ``folder/.audit-state.json`` (atomically rewritten after
-    every batch). A rerun with the same model, data and settings (the same ``key``) takes finished batches from
+    """The finished work of one audit, batch by batch and part by part (checks, curves, suites), in
+    ``folder/.audit-state.json`` (atomically rewritten after each). A rerun with the same model, data and settings (the same ``key``) takes finished batches from
     here instead of attacking again; any other state file is ignored and replaced."""
 
     def __init__(self, folder: str | os.PathLike[str] | None, key: str) -> None:
         self.path = None if folder is None else Path(folder) / STATE_FILE
-        self.data: dict[str, Any] = {"key": key, "batches": {}, "checks": None, "parts": {}}
+        self.data: dict[str, Any] = {"key": key, "batches": {}, "parts": {}}
         if self.path is not None and self.path.is_file():
             with contextlib.suppress(OSError, ValueError):
                 old = json.loads(self.path.read_text(encoding="utf-8"))
@@ -235,10 +235,6 @@ class _Checkpoint:
         self.data["batches"][self._id(attack, eps, start)] = record
         self._write()
 
-    def put_checks(self, rows: list[dict[str, Any]]) -> None:
-        self.data["checks"] = rows
-        self._write()
-
     def part(self, name: str, compute: Callable[[], Any]) -> Any:
         """The finished part ``name`` (a suite, the minimal-norm curve, ...) from the state, or ``compute()``
         saved to the state as soon as it returns (JSON-ready values only)."""
@@ -254,23 +250,28 @@ class _Checkpoint:
             write_atomic(self.path, json.dumps(self.data))
 
 
+def _update(h: Any, *tensors: Any) -> Any:
+    """Feed the bytes of each tensor to the hash ``h``; returns ``h``."""
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h
+
+
 def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) -> str:
     """A hash of the model's parameters and buffers, the data and the settings."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     from torch import nn as torch_nn
 
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     if isinstance(model, torch_nn.Module):
         for name, t in model.state_dict().items():
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            _update(h, t)
     else:  # a black box: its file when known (an interrupted audit of an unknown callable starts afresh)
         path = getattr(model, "path", None)
         h.update(Path(path).read_bytes() if path is not None and Path(path).is_file() else repr(id(model)).encode())
-    for t in (x, y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return _update(h, x, y).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -447,6 +448,7 @@ def audit(
     from ..execution import Task, get_executor, imap_tasks
     from ..models import BlackBox, attack_mode
     from ..threat import check_norm
+    from ..zoo import train_with
 
     started = time.perf_counter()
     eps_list = _check_eps(eps)
@@ -637,17 +639,17 @@ def audit(
 
             k = min(check_n, total_n)
             report(f"sanity checks at eps {check_eps:g} on {k} points", 0, 1)
-            t0 = time.perf_counter()
-            if state.data["checks"] is None:
+
+            def sanity_checks() -> list[dict[str, Any]]:
                 surrogate = None
                 if recipe is not None and members is not None:
                     report("training a surrogate with the recipe (transfer check)", 0, 1)
-                    surrogate = recipe(members, seed + 1)
+                    surrogate = train_with(recipe, members, seed + 1)
                 found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, seed=seed,
                                    surrogate=surrogate)
-                state.put_checks([json_safe(c.to_dict()) for c in found])
-            check_rows = state.data["checks"]
-            seconds["checks"] = time.perf_counter() - t0
+                return [json_safe(c.to_dict()) for c in found]
+
+            check_rows = timed("checks", sanity_checks)
             config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000,
                                 "surrogate": "recipe, seed + 1" if recipe is not None and members is not None
                                 else None}
@@ -772,9 +774,7 @@ def _check_options(suite: str, options: Mapping[str, Any] | None) -> dict[str, A
 def _digest(data: Dataset) -> str:
     import hashlib
 
-    h = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
-    h.update(data.y.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return _update(hashlib.sha256(), data.x, data.y).hexdigest()
 
 
 def _attack_batch(task: Any) -> dict[str, Any]:

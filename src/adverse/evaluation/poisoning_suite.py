@@ -95,17 +95,6 @@ def representation_layer(model: nn.Module) -> str:
                      "pass layer= naming the module whose input is the representation")
 
 
-def _train(recipe: Recipe, data: Dataset, seed: int) -> nn.Module:
-    """``recipe(data, seed)``, checked to return a torch module."""
-    from torch import nn
-
-    model = recipe(data, seed)
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"recipe(dataset, seed) must return the trained torch.nn.Module, got "
-                         f"{type(model).__name__}; see adverse.poisoning.trainer")
-    return model
-
-
 def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, seed: int) -> PoisonScores:
     """Run detector ``name`` on the poisoned training set with the poisoned model.
 
@@ -126,10 +115,11 @@ def _attack_row(recipe: Recipe, train: Dataset, test: Dataset, rate: float, *, t
                 seed: int) -> tuple[dict[str, Any], PoisonedData, nn.Module]:
     """BadNets at ``rate``, a model trained on it, and its clean accuracy and ASR."""
     from ..poisoning import backdoor_metrics, badnets
+    from ..zoo import train_with
 
     started = time.perf_counter()
     poisoned = badnets(train, target=target, rate=rate, size=size, seed=seed)
-    model = _train(recipe, poisoned.dataset(), seed)
+    model = train_with(recipe, poisoned.dataset(), seed)
     m = backdoor_metrics(model, poisoned, test)
     row = {"attack": "badnets", "poison_rate": rate, "n_poison": int(poisoned.indices.numel()),
            "attack_success_rate": _finite(m["asr"]), "clean_accuracy": _finite(m["clean_accuracy"]),
@@ -141,10 +131,12 @@ def _detector_row(recipe: Recipe, name: str, model: nn.Module, poisoned: Poisone
                   before: dict[str, Any], *, layer: str, fpr: float, seed: int) -> dict[str, Any]:
     """Detection quality of ``name`` and the backdoor left after removing what it flagged and retraining
     (``before``: the attack row of the poisoned model)."""
+    from ..zoo import train_with
+
     started = time.perf_counter()
     scores = _detect(name, model, poisoned, layer, seed)
     params = {"layer": layer, **{k: v for k, v in scores.details.items() if isinstance(v, (str, int, float))}}
-    out = scores.outcome(lambda data, s: _train(recipe, data, s), poisoned, test, fpr=fpr, seed=seed)
+    out = scores.outcome(lambda data, s: train_with(recipe, data, s), poisoned, test, fpr=fpr, seed=seed)
     q, after = out["detection"], out["after_removal"]
     return {
         "detector": name, "poison_rate": float(poisoned.params["rate"]), "params": params, "auroc": _finite(q["auroc"]),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from .audit import json_safe
 
 if TYPE_CHECKING:
@@ -54,12 +54,9 @@ class _RecipeTrainFn:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         from ..data import Dataset
+        from ..zoo import train_with
 
-        model = self.recipe(Dataset(x, y, self.name, self.num_classes, self.bounds), seed)
-        if not hasattr(model, "parameters") or not callable(model):
-            raise ModelError(f"the training recipe returned {type(model).__name__}, not a torch.nn.Module; a recipe "
-                             "is recipe(dataset, seed) -> trained model")
-        return model
+        return train_with(self.recipe, Dataset(x, y, self.name, self.num_classes, self.bounds), seed)
 
 
 def thin_roc(fpr: np.ndarray, tpr: np.ndarray, points: int = ROC_POINTS) -> dict[str, list[float]]:
