@@ -108,6 +108,10 @@ def test_images_outside_bounds():
         gradient_matching(model, digits_train(), digits_train().x[0] + 2, adv_label=1)
     with pytest.raises(InputError, match="eps"):
         gradient_matching(model, digits_train(), digits_train().x[0], adv_label=1, eps=-0.1)
+    with pytest.raises(InputError, match="retrain_fn"):
+        gradient_matching(model, digits_train(), digits_train().x[0], adv_label=1, retrains=2)
+    with pytest.raises(InputError, match="augment"):
+        gradient_matching(model, digits_train(), digits_train().x[0], adv_label=1, augment=-1)
     with pytest.raises(InputError, match="adv_label"):
         feature_collision(model, digits_train(), digits_train().x[0], adv_label=10)
 

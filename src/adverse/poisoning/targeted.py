@@ -245,6 +245,8 @@ def gradient_matching(
         raise InputError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
     if retrains < 0 or (retrains > 0 and retrain_fn is None):
         raise InputError(f"retrains must be ≥ 0 and needs a retrain_fn(dataset, seed) -> model, got {retrains}")
+    if isinstance(augment, bool) or not isinstance(augment, int) or augment < 0:
+        raise InputError(f"augment (the largest random shift, in pixels) must be an integer ≥ 0, got {augment!r}")
     start = time.perf_counter()
     surrogates = [_frozen_copy(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
     if not surrogates:
