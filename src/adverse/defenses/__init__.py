@@ -7,6 +7,10 @@ Names load lazily from their modules:
 * ``preprocessing``: ``BitDepth``, ``JPEG``, ``MedianFilter``, ``GaussianNoise``, ``RandomResizePad``
   (``gradient="exact" | "bpda" | "eot"``);
 * ``detection``: ``FeatureSqueezing``, ``Mahalanobis``, ``LID``;
+* ``dimensionality``: ``PCA`` (Bhagoji et al. 2018); ``feature_selection``: ``FeatureSelection``,
+  ``adversarial_feature_selection`` (Zhang et al. 2016); ``denoising``: ``MagNet`` with its
+  ``ReconstructionDetector`` (Meng & Chen 2017), ``TVMinimization`` (Guo et al. 2018);
+* ``evaluation``: ``evaluate`` (undefended vs oblivious vs adaptive attacker, with a verdict);
 * ``poison_detection``: ``activation_clustering``, ``spectral_signatures``, ``strip``, ``neural_cleanse``,
   ``fine_pruning``;
 * ``smoothing`` (randomized smoothing), ``bounds`` (interval bound propagation), ``dp`` (DP-SGD through Opacus)
@@ -19,7 +23,7 @@ import importlib
 from typing import Any
 
 _SUBMODULES = {"training", "regularization", "preprocessing", "detection", "poison_detection",
-               "smoothing", "bounds", "dp"}
+               "smoothing", "bounds", "dp", "dimensionality", "feature_selection", "denoising", "evaluation"}
 _NAMES = {
     "adversarial_training": "training",
     "adversarial_step": "training",
@@ -31,6 +35,13 @@ _NAMES = {
     "FeatureSqueezing": "detection",
     "Mahalanobis": "detection",
     "LID": "detection",
+    "PCA": "dimensionality",
+    "FeatureSelection": "feature_selection",
+    "adversarial_feature_selection": "feature_selection",
+    "MagNet": "denoising",
+    "ReconstructionDetector": "denoising",
+    "TVMinimization": "denoising",
+    "evaluate": "evaluation",
     "activation_clustering": "poison_detection",
     "spectral_signatures": "poison_detection",
     "strip": "poison_detection",
