@@ -150,6 +150,12 @@ def audit(
                                     "file (x, y), a .csv file, or a folder of images per class.",
                      show_default="digits test"),
     ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option("--label-column", help="The label column of a .csv given to --data and --train-data: a name "
+                                            "(any case) or a 0-based index (-1: the last).",
+                     show_default="the column named label, y, target or class, else the last"),
+    ] = None,
     train_data: Annotated[
         str | None,
         typer.Option("--train-data", help="The model's training data (same forms as --data): enables the privacy "
@@ -196,7 +202,8 @@ def audit(
             raise AdverseError(f"--out {out_dir} exists and is not a folder; choose another folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
-                       settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"))
+                       settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"),
+                       label_column=settings.pop("label_column"))
         runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
         result = _run_audit(settings, loaded, out_dir, runner, err)
         path = result.save(out_dir)
@@ -279,6 +286,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         "arch": pick(args["arch"], mdl.get("arch"), None),
         "trust_pickle": args["trust_pickle"] or bool(mdl.get("trust_pickle", False)),
         "data_spec": pick(args["data"], dat.get("test"), None),
+        "label_column": pick(args["label_column"], dat.get("label_column"), None),
         "train_spec": pick(args["train_data"], dat.get("train"), None),
         "recipe_spec": pick(args["recipe"], dat.get("recipe"), None),
         "executor": pick(args["executor"], cfg.get("executor"), "local"),
@@ -341,7 +349,7 @@ def _executor(name: str, address: str | None) -> Any:
 
 
 def _load(model: Path | str | None, arch: str | None, data: str | None, train: str | None, recipe: str | None,
-          trust_pickle: bool) -> dict[str, Any]:
+          trust_pickle: bool, label_column: str | int | None = None) -> dict[str, Any]:
     """The user's model, data, training data and recipe (None for the bundled default), and what to record."""
     from .errors import AdverseError
     from .loading import load_data, load_model, load_recipe
@@ -353,13 +361,15 @@ def _load(model: Path | str | None, arch: str | None, data: str | None, train: s
             raise AdverseError("--arch needs --model")
         if train is not None:
             raise AdverseError("--train-data needs --model and --data (the demo knows its own training data)")
+        if label_column is not None:
+            raise AdverseError("--label-column needs --data with a .csv file")
         return loaded
     if model is None or data is None:
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
     loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    loaded["data"] = load_data(data)
+    loaded["data"] = load_data(data, label_column=label_column)
     if train is not None:
-        loaded["train_data"] = load_data(train)
+        loaded["train_data"] = load_data(train, label_column=label_column)
     loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe}
     return loaded
 

@@ -16,6 +16,7 @@ with the list of known ones, so a typo never silently falls back to a default::
     [data]
     test = "test.npz"              # the data to audit on (see adverse.loading.load_data)
     train = "train.npz"            # the model's training data: enables the privacy and poisoning suites
+    label_column = "target"        # a CSV's label column: a name (any case) or a 0-based index (-1: the last)
     recipe = "mypkg.train:recipe"  # recipe(dataset, seed) -> model, or a zoo name: enables reference models
 
     [evasion]                      # keyword arguments of adverse.evaluation.audit
@@ -57,7 +58,7 @@ from .errors import InputError
 
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str}
 MODEL = {"file": str, "arch": str, "trust_pickle": bool}
-DATA = {"test": str, "train": str, "recipe": str}
+DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
            "examples": bool}

@@ -3,13 +3,28 @@
 Everything here works offline: the digits come with scikit-learn, the tabular task is generated.
 Images are scaled into [0, 1] and shaped (n, channels, height, width); tabular features are scaled into
 [0, 1] with the training split's minimum and maximum.
+
+Users' data files are untrusted input. The loaders here and in :mod:`adverse.loading` read regular files only
+(never a FIFO, a device or a folder; checked with ``fstat`` on a non-blocking descriptor before any byte is read)
+and keep to these limits, read at every call, so a program may raise them (``adverse.data.MAX_FILE_BYTES = ...``):
+
+``MAX_FILE_BYTES``    4 GiB: the largest data file (``.npz``, ``.csv``, one image) read
+``MAX_ARRAY_BYTES``   4 GiB: the most bytes the decoded data may take (an ``.npz``'s ``x`` and ``y`` as stored,
+                      checked against the sizes the archive declares *before* anything is allocated; a CSV's
+                      values as float64; an image folder as float32)
+``MAX_IMAGE_PIXELS``  2**26 (67,108,864, e.g. 8192 × 8192): the most pixels one image may declare
+``MAX_LABEL``         2**31 - 1: the largest class label
 """
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -17,6 +32,10 @@ import torch
 from .errors import InputError
 
 SPLITS = ("train", "test")
+MAX_FILE_BYTES = 4 * 2**30
+MAX_ARRAY_BYTES = 4 * 2**30
+MAX_IMAGE_PIXELS = 2**26
+MAX_LABEL = 2**31 - 1
 
 
 @dataclass
@@ -28,13 +47,14 @@ class Dataset:
     name: str
     num_classes: int
     bounds: tuple[float, float] = (0.0, 1.0)
+    note: str = ""  # how a loader read the file: e.g. which CSV column holds the labels, whether it had a header
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def subset(self, n: int) -> Dataset:
         """The first ``n`` samples."""
-        return Dataset(self.x[:n], self.y[:n], self.name, self.num_classes, self.bounds)
+        return Dataset(self.x[:n], self.y[:n], self.name, self.num_classes, self.bounds, self.note)
 
 
 def _split(x: np.ndarray, y: np.ndarray, split: str, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,40 +109,126 @@ def purchase_like(n_samples: int = 4000, seed: int = 0) -> tuple[torch.Tensor, t
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
+def open_regular(path: str | Path, what: str = "data file") -> BinaryIO:
+    """``path`` opened for reading in binary, after checking that it is a regular file of at most
+    ``MAX_FILE_BYTES`` (a FIFO, a device, a socket or a folder is refused, and never blocks: the descriptor is
+    opened non-blocking and checked with ``fstat`` before any byte is read)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"no such file: {p}") from None
+    except OSError as e:
+        raise InputError(f"cannot open the {what} {p}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise InputError(f"the {what} {p} is {kind}; adverse reads regular files only")
+        if st.st_size > MAX_FILE_BYTES:
+            raise InputError(f"the {what} {p} has {st.st_size:,} bytes, more than the limit of {MAX_FILE_BYTES:,} "
+                             "(adverse.data.MAX_FILE_BYTES); split the data, or raise the limit if you trust the file")
+        if hasattr(os, "O_NONBLOCK"):  # regular files ignore it, but say what we mean
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_NPZ_FIX = "save data with numpy.savez(path, x=x, y=y)"
+
+
+def _npy_member(z: zipfile.ZipFile, key: str, p: Path, budget: int) -> np.ndarray:
+    """Array ``key`` of the archive: the ``.npy`` header is read and checked (plain numeric dtype, declared size
+    within the member's size and ``budget``) before the data is read; nothing is unpickled."""
+    info = z.getinfo(f"{key}.npy")
+    if info.file_size > budget:
+        raise InputError(f"{p}: array {key!r} takes {info.file_size:,} bytes uncompressed, more than the limit of "
+                         f"{budget:,} (adverse.data.MAX_ARRAY_BYTES); split the data, or raise the limit if you "
+                         "trust the file")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 exists only for structured dtypes with non-Latin-1 field names, refused below anyway
+            raise InputError(f"{p}: array {key!r} uses .npy format {version}; store plain numeric arrays "
+                             f"({_NPZ_FIX})")
+        if dtype.hasobject:
+            raise InputError(f"{p} holds object arrays ({key!r}) that need pickle to load, and adverse loads "
+                             "with allow_pickle=False; store plain numeric arrays")
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise InputError(f"{p}: array {key!r} has a structured dtype {dtype}; store plain numeric arrays")
+        if key == "x" and dtype.kind not in "iuf":
+            raise InputError(f"{p}: x must be finite numbers (integers or floats), got dtype {dtype} "
+                             f"({_KINDS.get(dtype.kind, 'not a number')}); store x as float32")
+        if key == "y" and dtype.kind not in "iu":
+            raise InputError(f"{p}: labels y must be integers, got {dtype}; store y as int64")
+        if any(d < 0 for d in shape):
+            raise InputError(f"{p}: array {key!r} declares an invalid shape {shape}; the file is damaged")
+        nbytes = math.prod(shape) * dtype.itemsize
+        stored = info.file_size - f.tell()
+        if nbytes != stored:
+            raise InputError(f"{p}: array {key!r} declares shape {shape} of {dtype} ({nbytes:,} bytes) but the "
+                             f"archive holds {stored:,} bytes for it; the file is truncated or damaged: {_NPZ_FIX}")
+        raw = f.read(nbytes)
+        if len(raw) != nbytes or f.read(1):  # reading to the end also checks the member's CRC-32
+            raise InputError(f"{p}: array {key!r} is truncated or damaged; {_NPZ_FIX}")
+    arr = np.frombuffer(raw, dtype=dtype)
+    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+
+
+_KINDS = {"c": "complex", "U": "strings", "S": "bytes", "b": "booleans", "M": "dates", "m": "time spans",
+          "V": "raw bytes"}
+
+
 def load_npz(path: str | Path, bounds: tuple[float, float] = (0.0, 1.0)) -> Dataset:
     """Load ``x`` (n, ...) and ``y`` (n,) arrays from a ``.npz`` file, refusing anything else.
 
-    Raises :class:`InputError` if the file is missing, not an ``.npz`` archive, lacks ``x`` or ``y``, holds
-    object arrays (which would need pickle), has mismatched lengths, non-integer labels, non-finite inputs, or
-    inputs outside ``bounds``.
+    Raises :class:`InputError` if the file is missing or not a regular file, larger than ``MAX_FILE_BYTES``,
+    not an ``.npz`` archive, truncated or damaged (bad CRC, bad compressed data, a header that declares more
+    data than the file holds), lacks ``x`` or ``y``, holds object arrays (which would need pickle: adverse loads
+    with ``allow_pickle=False``), structured, complex or string arrays, arrays larger than ``MAX_ARRAY_BYTES``
+    (checked from the headers before anything is allocated), has mismatched lengths, no samples, labels that
+    are not integers in [0, ``MAX_LABEL``], non-finite inputs, or inputs outside ``bounds``.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise InputError(f"no such file: {p}")
-    if not zipfile.is_zipfile(p):
-        raise InputError(f"{p} is not an .npz archive; save data with numpy.savez(path, x=x, y=y)")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise InputError(f"{p} lacks array(s) {sorted(missing)}; save with numpy.savez(path, x=x, y=y)")
-            x, y = f["x"], f["y"]
-    except ValueError as e:  # object arrays need pickle, which we refuse
-        if isinstance(e, InputError):
+    with open_regular(p, ".npz file") as fh:
+        if not zipfile.is_zipfile(fh):
+            raise InputError(f"{p} is not an .npz archive; {_NPZ_FIX}")
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as z:
+                names = set(z.namelist())
+                missing = sorted(k for k in ("x", "y") if f"{k}.npy" not in names)
+                if missing:
+                    raise InputError(f"{p} lacks array(s) {missing}; {_NPZ_FIX}")
+                x = _npy_member(z, "x", p, MAX_ARRAY_BYTES)
+                y = _npy_member(z, "y", p, MAX_ARRAY_BYTES - x.nbytes)
+        except InputError:
             raise
-        raise InputError(f"{p} holds object arrays that need pickle to load; store plain numeric arrays") from e
+        except Exception as e:  # zipfile, zlib, bz2, lzma and numpy's header parser raise many types on damage
+            raise InputError(f"{p} is a damaged .npz archive ({type(e).__name__}: {e}); {_NPZ_FIX}") from e
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise InputError(f"{p}: need x of shape (n, ...) and y of shape (n,), got {x.shape} and {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise InputError(f"{p}: labels y must be integers, got {y.dtype}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise InputError(f"{p}: x must be finite numbers")
+    if len(y) == 0:
+        raise InputError(f"{p}: x and y hold no samples")
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise InputError(f"{p}: x must be finite numbers; x[{', '.join(map(str, bad))}] is {x[tuple(bad)]}")
     lo, hi = bounds
-    if x.size and (x.min() < lo or x.max() > hi):
+    if x.min() < lo or x.max() > hi:
         raise InputError(f"{p}: x lies outside bounds {bounds} (min {x.min():.4g}, max {x.max():.4g}); rescale it")
-    if len(y) and y.min() < 0:
-        raise InputError(f"{p}: labels must be ≥ 0")
-    return Dataset(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), p.stem,
-        int(y.max()) + 1 if len(y) else 0, bounds,
+    if y.min() < 0 or y.max() > MAX_LABEL:
+        raise InputError(f"{p}: labels must be ≥ 0 and ≤ {MAX_LABEL} (class indices), got min {y.min()} and max "
+                         f"{y.max()}")
+    return Dataset(  # copies: C order, writable (the arrays read from the file are read-only views)
+        torch.from_numpy(np.array(x, dtype=np.float32, order="C")), torch.from_numpy(np.array(y, dtype=np.int64)),
+        p.stem, int(y.max()) + 1, bounds,
     )

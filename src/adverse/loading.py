@@ -21,14 +21,57 @@ it also carries ``source_format = "onnx"``, ``white_box = False`` and ``path``. 
 weights only, so loading one runs no Python code from the file.
 
 Data (:func:`load_data`): the bundled sets by name (``digits``, ``digits:train``, ``tabular``), ``.npz`` files
-with ``x`` and ``y``, a folder of images with one sub-folder per class (read with Pillow), and CSV files with a
-header whose label column is ``label`` (or ``y``, or else the last column).
+with ``x`` and ``y``, a folder of images with one sub-folder per class (read with Pillow), and CSV files. Data
+files are untrusted input: every mistake or damage is an :class:`InputError` naming the file (and the line,
+column or array) and the fix; nothing is rescaled, dropped or coerced without being stated here.
+
+=========  ===================================================================================================
+``.npz``   ``x`` (n, ...) of integers or floats and ``y`` (n,) of integers ≥ 0, read without pickle
+           (``allow_pickle=False``; object arrays are refused). Each array's ``.npy`` header is checked before
+           anything is allocated: its declared shape × item size must equal the bytes the archive holds for it
+           (a truncated or doctored header is refused) and fit ``MAX_ARRAY_BYTES``; the CRC-32 is checked, so
+           a damaged file is refused rather than read as other numbers. Complex, string, boolean and structured
+           arrays, NaN or infinite ``x``, ``x`` outside ``bounds`` and labels outside [0, ``MAX_LABEL``] are
+           refused.
+CSV        UTF-8 text (a leading byte-order mark is dropped; other encodings are refused with the line of the
+           first bad byte: convert with ``iconv``). The first row is a header when none of its cells is a number,
+           and data when all of them are (a mix is refused); blank lines are skipped. The label column is
+           ``label_column`` (``--label-column``: a name, matched case-insensitively, or a 0-based index), else
+           the one column named ``label``, ``y``, ``target`` or ``class`` in any case (several are refused as
+           ambiguous), else the last column; the dataset's ``note`` says which. Every cell must be a plain
+           decimal number (no thousands separators, no ``NaN``/``inf``); labels must be integers in
+           [0, ``MAX_LABEL``] (``1.0`` counts as 1), features inside ``bounds``. Ragged rows are refused.
+images     ``root/<class>/<image>``: classes are the sub-folders in name order (labels 0, 1, …); files and
+           folders whose name starts with ``.`` are skipped, as are files without an image suffix
+           (``IMAGE_SUFFIXES``); only PNG, JPEG, BMP, GIF, TIFF and WebP decoders are tried, and only the first
+           frame is read. Every class needs at least one image and all images one height and width. Pixels are
+           scaled by mode: ``1`` → 0 or 1; ``L``, ``P``, ``RGB`` (8 bit) → /255; ``I;16``/``I;16B`` (16 bit, and
+           ``I`` from a PNG, which older Pillow uses for 16 bit) → /65535; ``F`` (float TIFF) is taken as it is
+           and refused outside [0, 1] (never rescaled); 32-bit integer ``I`` and other modes (CMYK, YCbCr …)
+           are refused. Alpha (``LA``, ``RGBA``, ``PA``) is dropped: the colour is used as stored, not
+           composited. A palette image is grey when every palette entry is grey, else RGB. If any image in the
+           folder is colour, all are RGB (a grey image's channel repeated three times); else all are grey with
+           one channel. Only regular files inside the folder are read: a link that leads outside, a FIFO or a
+           device is refused (a FIFO is never opened for a blocking read).
+=========  ===================================================================================================
+
+Limits (in :mod:`adverse.data`, read at every call; raise them from Python if you trust a larger file):
+``MAX_FILE_BYTES`` (4 GiB) per data file or image file; ``MAX_ARRAY_BYTES`` (4 GiB) for the decoded data (an
+``.npz``'s arrays as stored, a CSV's values as float64, an image folder as float32); ``MAX_IMAGE_PIXELS``
+(2**26 ≈ 67 million, e.g. 8192 × 8192) declared pixels per image, checked before decoding, so a decompression
+bomb is refused (Pillow's own ``Image.MAX_IMAGE_PIXELS`` is left as it is; its warning is an error here);
+``MAX_LABEL`` (2**31 - 1) for a class label.
 """
 
 from __future__ import annotations
 
+import array
 import csv
 import importlib
+import io
+import os
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +80,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import data as _data
 from .data import Dataset, digits, load_npz, tabular
 from .errors import InputError, ModelError
 from .models import BlackBox
@@ -273,75 +317,318 @@ class OnnxRunner:
 
 
 # --------------------------------------------------------------------------------------------- data
-def _image_folder(root: Path) -> Dataset:
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # the only Pillow decoders tried (no EPS, no PDF …)
+_PALETTE_MODES = ("P", "PA")
+_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _within(path: str | Path, root_real: str) -> bool:
+    """True when ``path``, with every link resolved, lies inside the folder whose real path is ``root_real``."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` that are not hidden (``.name``), sorted by name."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"cannot list the folder {folder}: {e.strerror or e}") from None
+
+
+def _read_regular(path: Path, what: str) -> bytes:
+    """The bytes of a regular file of at most ``MAX_FILE_BYTES`` (FIFOs and devices refused without blocking)."""
+    with _data.open_regular(path, what) as f:
+        raw = f.read(_data.MAX_FILE_BYTES + 1)
+    if len(raw) > _data.MAX_FILE_BYTES:
+        raise InputError(f"the {what} {path} grew past the limit of {_data.MAX_FILE_BYTES:,} bytes while it was read")
+    return raw
+
+
+def _pixels(im: Any, f: Path) -> np.ndarray:
+    """The decoded image as float32 (channels, height, width) in [0, 1], by mode (see the module docstring)."""
+    mode = im.mode
+    if mode not in _MODES:
+        raise InputError(f"{f} has image mode {mode!r}, which adverse does not read; save it as an 8- or 16-bit "
+                         f"grey or RGB PNG (readable modes: {', '.join(_MODES)})")
+    a = np.asarray(im)
+    if mode == "1":  # bilevel: booleans
+        out = a.astype(np.float32)
+    elif mode in ("L", "LA"):  # 8-bit grey (+ alpha, dropped)
+        out = (a[..., 0] if mode == "LA" else a).astype(np.float32) / 255.0
+    elif mode in ("RGB", "RGBA", "RGBX"):  # 8-bit colour (+ alpha or padding, dropped)
+        out = a[..., :3].astype(np.float32) / 255.0
+    elif mode in _PALETTE_MODES:  # palette indices (+ alpha, dropped): look the colours up
+        index = a[..., 0] if mode == "PA" else a
+        palette = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+        if index.size and int(index.max()) >= len(palette):
+            raise InputError(f"{f} refers to palette entry {int(index.max())} but its palette has {len(palette)}; "
+                             "the file is damaged")
+        rgb = palette[index]
+        grey = bool((palette[:, 0] == palette[:, 1]).all() and (palette[:, 1] == palette[:, 2]).all())
+        out = (rgb[..., 0] if grey else rgb).astype(np.float32) / 255.0
+    elif mode.startswith("I;16"):  # 16-bit grey, either byte order
+        out = a.astype(np.float32) / 65535.0
+    elif mode == "I":  # 32-bit signed integers: from a PNG only ever 16-bit grey (older Pillow)
+        if im.format != "PNG":
+            raise InputError(f"{f} holds 32-bit integer pixels, which have no standard scale; save it as an 8- or "
+                             "16-bit PNG, or as float pixels in [0, 1], or the data as .npz")
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise InputError(f"{f}: 16-bit pixel values outside 0…65535; the file is damaged")
+        out = a.astype(np.float32) / 65535.0
+    else:  # "F": 32-bit float pixels, taken as they are
+        out = a.astype(np.float32)
+        if not np.isfinite(out).all() or (out.size and (out.min() < 0.0 or out.max() > 1.0)):
+            raise InputError(f"{f} holds float pixels outside [0, 1] (min {np.nanmin(out):.4g}, max "
+                             f"{np.nanmax(out):.4g}) or not finite; adverse does not rescale float images: "
+                             "scale them into [0, 1] first")
+    return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+
+
+def _decode_image(f: Path, raw: bytes) -> np.ndarray:
+    """One image file's bytes decoded (first frame), after checking its declared size against the pixel limit."""
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    limit = _data.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning becomes an error here, and only here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
+                width, height = im.size
+                if width * height > limit:
+                    raise InputError(f"{f} declares {width} × {height} = {width * height:,} pixels, more than the "
+                                     f"limit of {limit:,} (adverse.data.MAX_IMAGE_PIXELS); a decompression bomb "
+                                     "or an image to shrink first")
+                im.load()
+                return _pixels(im, f)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(f"{f} is not a {', '.join(IMAGE_FORMATS)} image, or it is damaged; replace or remove "
+                         "it") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{f} declares more pixels than Pillow allows ({e}); a decompression bomb or an image "
+                         "to shrink first") from None
+    except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError …) on damage
+        raise InputError(f"{f} is not a readable image ({type(e).__name__}: {e}); replace or remove it") from e
+
+
+def _image_folder(root: Path) -> Dataset:
+    root_real = os.path.realpath(root)
+    classes = []
+    for entry in _listing(root):
+        if entry.is_dir():  # files beside the class folders are ignored, never opened
+            if not _within(entry.path, root_real):
+                raise InputError(f"{entry.path} links to {os.path.realpath(entry.path)}, outside {root}; class "
+                                 "folders must lie inside the data folder")
+            classes.append(entry.name)
     if not classes:
         raise InputError(f"{root} has no class sub-folders; put each class's images in its own folder")
-    xs, ys, size, mode = [], [], None, None
+    arrays: list[np.ndarray] = []
+    ys: list[int] = []
+    size, pixels, channels = None, 0, 1
     for label, name in enumerate(classes):
-        for f in sorted((root / name).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
-                    arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as e:
-                raise InputError(f"{f} is not a readable image ({e})") from e
+        count = 0
+        for entry in _listing(root / name):
+            if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue  # notes, labels files …: never opened
+            f = Path(entry.path)
+            if not _within(f, root_real):
+                raise InputError(f"{f} links to {os.path.realpath(f)}, outside {root}; images must lie inside the "
+                                 "data folder")
+            arr = _decode_image(f, _read_regular(f, "image"))
             if size is None:
-                size = arr.shape
-            elif arr.shape != size:
-                raise InputError(f"{f} has shape {arr.shape[:2]}, others {size[:2]}; resize the images to one size")
-            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+                size = arr.shape[1:]
+            elif arr.shape[1:] != size:
+                raise InputError(f"{f} has shape {arr.shape[1:]}, others {size}; resize the images to one size")
+            pixels, channels = pixels + arr[0].size, max(channels, arr.shape[0])
+            if pixels * channels * 4 > _data.MAX_ARRAY_BYTES:
+                raise InputError(f"{root}: the images take more than {_data.MAX_ARRAY_BYTES:,} bytes as float32 "
+                                 "(adverse.data.MAX_ARRAY_BYTES); audit a subset, or raise the limit")
+            arrays.append(arr)
             ys.append(label)
-    if not xs:
-        raise InputError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return Dataset(torch.from_numpy(np.stack(xs)), torch.tensor(ys), root.name, len(classes))
+            count += 1
+        if count == 0:
+            raise InputError(f"the class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); add "
+                             "its images or remove the folder (every sub-folder is a class)")
+    x = np.empty((len(arrays), channels, *size), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        x[i] = a  # a grey image in a folder with colour: its one channel repeated to R, G and B
+    note = (f"image folder: {len(classes)} classes in name order ({', '.join(classes)}); "
+            + ("RGB (grey images repeated to 3 channels)" if channels == 3 else "grey, 1 channel")
+            + "; alpha dropped")
+    return Dataset(torch.from_numpy(x), torch.tensor(ys), root.name, len(classes), note=note)
 
 
-def _csv(path: Path, bounds: tuple[float, float]) -> Dataset:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        raise InputError(f"{path} needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    label = next((header.index(k) for k in ("label", "y") if k in header), len(header) - 1)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+LABEL_NAMES = ("label", "y", "target", "class")
+
+
+def _numeric(cell: str) -> bool:
+    c = cell.strip()
+    return bool(_NUMBER.fullmatch(c) or _NON_FINITE.fullmatch(c))
+
+
+def _label_index(path: Path, header: list[str] | None, ncols: int, label_column: str | int | None) -> tuple[int, str]:
+    """The label column's index and how it was chosen (see :func:`load_data`)."""
+    flag = "label_column= (--label-column)"
+    if label_column is None:
+        if header is None:
+            return ncols - 1, "the last column holds the labels"
+        hits = sorted({i for i, h in enumerate(header) if h.lower() in LABEL_NAMES})
+        if len(hits) > 1:
+            raise InputError(f"{path}: columns {[header[i] for i in hits]} could each be the label column; choose "
+                             f"one with {flag}")
+        if hits:
+            return hits[0], f"labels from the column {header[hits[0]]!r}"
+        return ncols - 1, (f"no column named {'/'.join(LABEL_NAMES)}: the last column, {header[-1]!r}, holds the "
+                           "labels")
+    if isinstance(label_column, bool) or not isinstance(label_column, (str, int)):
+        raise InputError(f"label_column must be a column name or a 0-based column index, got {label_column!r}")
+    if isinstance(label_column, str):
+        wanted = label_column.strip()
+        hits = [i for i, h in enumerate(header or []) if h.lower() == wanted.lower()]
+        if len(hits) > 1:
+            raise InputError(f"{path}: {len(hits)} columns are named {wanted!r}; rename them, or give "
+                             f"{flag} as a 0-based column index")
+        if hits:
+            return hits[0], f"labels from the column {header[hits[0]]!r} (as asked)"  # type: ignore[index]
+        if not re.fullmatch(r"[+-]?[0-9]+", wanted):
+            if header is None:
+                raise InputError(f"{path} has no header row (its first row holds only numbers), so {flag} must be "
+                                 f"a 0-based column index such as 0 or -1, not {wanted!r}")
+            raise InputError(f"{path} has no column named {wanted!r}; its columns are {header} (or give a 0-based "
+                             "column index)")
+        label_column = int(wanted)
+    if not -ncols <= label_column < ncols:
+        raise InputError(f"{path} has {ncols} columns, so the label column index must lie in {-ncols}…{ncols - 1}, "
+                         f"got {label_column}")
+    index = label_column % ncols
+    name = f" ({header[index]!r})" if header is not None else ""
+    return index, f"labels from column {index}{name} (as asked)"
+
+
+def _csv(path: Path, bounds: tuple[float, float], label_column: str | int | None = None) -> Dataset:
+    raw = _read_regular(path, "CSV file")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)")
     try:
-        table = np.array([[float(v) for v in r] for r in rows[1:] if r], dtype=np.float64)
-    except ValueError as e:
-        raise InputError(f"{path}: every value must be a number ({e}); encode categories as numbers") from e
-    if table.ndim != 2 or table.shape[1] != len(header):
-        raise InputError(f"{path}: rows have different numbers of columns")
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is dropped, not read as part of a name
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save it as UTF-8, "
+                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}") from None
+    del raw
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    ncols, label, how = 0, -1, ""
+    values, lines = array.array("d"), array.array("q")
+    try:
+        for cells in reader:
+            line = reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line
+            if not ncols:  # the first row: a header when no cell is a number, data when every cell is one
+                ncols = len(cells)
+                numeric = [_numeric(c) for c in cells]
+                if not any(numeric):
+                    header = [c.strip() for c in cells]
+                elif not all(numeric):
+                    text_cells = [c for c, n in zip(cells, numeric) if not n]
+                    raise InputError(
+                        f"{path}, line {line}: the first row mixes numbers and text ({text_cells} are not numbers), "
+                        "so it is neither a header nor data; if it is a header, give every column a name that is "
+                        "not a number; if it is data, make every cell a number")
+                if ncols < 2:
+                    raise InputError(f"{path} has {ncols} column; it needs feature columns and a label column")
+                label, how = _label_index(path, header, ncols, label_column)
+                if header is not None:
+                    continue
+            if len(cells) != ncols:
+                raise InputError(f"{path}, line {line}: {len(cells)} columns, but the "
+                                 f"{'header' if header is not None else 'first row'} has {ncols}; every row needs "
+                                 "the same columns")
+            for c, cell in enumerate(cells):
+                s = cell.strip()
+                if not _NUMBER.fullmatch(s):
+                    col = f"{c} ({header[c]!r})" if header is not None else str(c)
+                    if _NON_FINITE.fullmatch(s):
+                        raise InputError(f"{path}, line {line}, column {col}: {s!r} is not a finite number; fill "
+                                         "or remove missing and infinite values")
+                    raise InputError(f"{path}, line {line}, column {col}: {cell!r} is not a number; every value "
+                                     "must be a number (encode categories as numbers)")
+                values.append(float(s))
+            lines.append(line)
+            if len(values) * 8 > _data.MAX_ARRAY_BYTES:
+                raise InputError(f"{path}: the values take more than {_data.MAX_ARRAY_BYTES:,} bytes "
+                                 "(adverse.data.MAX_ARRAY_BYTES); split the file, or raise the limit")
+    except csv.Error as e:
+        raise InputError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+    if not ncols:
+        raise InputError(f"{path} is empty; a CSV needs rows of numbers: feature columns and a label column")
+    if not lines:
+        raise InputError(f"{path} has a header row but no data rows")
+    table = np.frombuffer(values, dtype=np.float64).reshape(len(lines), ncols)
+    bad = ~np.isfinite(table)
+    if bad.any():  # e.g. 1e999
+        r, c = np.argwhere(bad)[0]
+        col = f"{c} ({header[c]!r})" if header is not None else str(c)
+        raise InputError(f"{path}, line {lines[r]}, column {col}: the value is not a finite number (it overflows "
+                         "a float64); fill or remove it")
+    name = header[label] if header is not None else str(label)
     y = table[:, label]
-    x = np.delete(table, label, axis=1).astype(np.float32)
-    if not np.all(y == np.round(y)) or y.min() < 0:
-        raise InputError(f"{path}: the label column {header[label]!r} must hold integers ≥ 0")
+    for problem, rows in (("is not an integer", y != np.round(y)), ("is negative", y < 0),
+                          (f"is larger than {_data.MAX_LABEL}", y > _data.MAX_LABEL)):
+        if rows.any():
+            r = int(np.argmax(rows))
+            raise InputError(f"{path}, line {lines[r]}: the label {y[r]:g} in column {name!r} {problem}; labels "
+                             f"are class indices 0, 1, 2, … ({how}; choose another with label_column= / "
+                             "--label-column)")
+    x64 = np.delete(table, label, axis=1)
     lo, hi = bounds
-    if not np.isfinite(x).all() or x.min() < lo or x.max() > hi:
-        raise InputError(f"{path}: features must be finite and inside bounds {bounds}; scale them first")
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), path.stem, int(y.max()) + 1, bounds)
+    outside = (x64 < lo) | (x64 > hi)
+    if outside.any():
+        r, c = np.argwhere(outside)[0]
+        c = c + (c >= label)
+        col = f"{c} ({header[c]!r})" if header is not None else str(c)
+        raise InputError(f"{path}, line {lines[r]}, column {col}: {table[r, c]:g} is not inside bounds {bounds}; "
+                         "features must be finite and inside bounds: scale them first")
+    note = f"CSV: {'a header row' if header is not None else 'no header row (the first row is data)'}; {how}"
+    return Dataset(torch.from_numpy(x64.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), path.stem,
+                   int(y.max()) + 1, bounds, note)
 
 
-def load_data(spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0)) -> Dataset:
+def load_data(
+    spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0), label_column: str | int | None = None
+) -> Dataset:
     """A dataset from a bundled name (``digits``, ``digits:train``, ``tabular``, ``tabular:train``; the test
-    split by default), an ``.npz`` file, a ``.csv`` file or a folder of images per class."""
+    split by default), an ``.npz`` file, a ``.csv`` file or a folder of images per class (see the module
+    docstring for what each may hold, and for the size limits).
+
+    ``label_column`` names a CSV's label column (case-insensitively) or gives its 0-based index (negative counts
+    from the end; a string of digits is an index unless a column has that name); by default the column named
+    ``label``, ``y``, ``target`` or ``class`` (any case), else the last column. How the file was read is in the
+    returned dataset's ``note``. Raises :class:`InputError`, naming the file (and the line and column), for
+    anything it cannot read exactly.
+    """
     text = str(spec)
     name, _, split = text.partition(":")
-    if name in ("digits", "tabular") and not Path(text).exists():
+    p = Path(spec)
+    if label_column is not None and p.suffix.lower() != ".csv":
+        raise InputError(f"label_column (--label-column) applies to CSV files only, not to {text}")
+    if name in ("digits", "tabular") and not p.exists():
         split = split or "test"
         if split not in ("train", "test"):
             raise InputError(f"unknown split {split!r}; use {name}:train or {name}:test")
         return digits(split) if name == "digits" else tabular(split)
-    p = Path(spec)
     if p.is_dir():
         return _image_folder(p)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"no such data file or folder: {p}; or name a bundled set: digits, tabular")
     if p.suffix.lower() == ".npz":
         return load_npz(p, bounds)
     if p.suffix.lower() == ".csv":
-        return _csv(p, bounds)
+        return _csv(p, bounds, label_column)
     raise InputError(f"{p}: unknown data format; use .npz (x, y), .csv, or a folder of images per class")
