@@ -103,7 +103,8 @@ def _reseed(layers: Sequence[Preprocessor], seed: int) -> None:
             layer.reseed(seed)
 
 
-def _check_eps(eps: Any) -> list[float]:
+def check_budgets(eps: Any) -> list[float]:
+    """``eps`` (a number or several) as a sorted list of distinct finite budgets > 0; raises :class:`InputError`."""
     values = [eps] if isinstance(eps, (int, float)) and not isinstance(eps, bool) else list(eps)
     if not values or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0
                          for e in values):
@@ -200,7 +201,7 @@ def evaluate(
         raise ModelError(f"defended_model must be a torch.nn.Module returning logits, got "
                          f"{type(defended_model).__name__}")
     norm = check_norm(norm)
-    eps_list = _check_eps(eps)
+    eps_list = check_budgets(eps)
     if not (isinstance(judge_samples, int) and not isinstance(judge_samples, bool) and judge_samples >= 1):
         raise InputError(f"judge_samples must be an integer ≥ 1, got {judge_samples!r}")
     x, y = check_inputs(x, y, bounds)
@@ -294,10 +295,10 @@ def evaluate(
                     tick(f"{name} at eps {e:g}")
             for k, parts in advs.items():
                 hit = fooled_defended(torch.cat(parts)) | clean_wrong
-                per_attack[k] = 1.0 - float(hit.double().mean())
+                per_attack[k] = int((~hit).sum()) / x.shape[0]
                 union |= hit
         fooled["adaptive"] |= union | fooled["oblivious"]
-        rows.append({"eps": e, **{k: 1.0 - float(v.double().mean()) for k, v in fooled.items()},
+        rows.append({"eps": e, **{k: int((~v).sum()) / x.shape[0] for k, v in fooled.items()},
                      "attacks": per_attack})
     tick("done")
     result: dict[str, Any] = {
@@ -305,8 +306,8 @@ def evaluate(
         "layers": [repr(layer) for layer in layers],
         "detector": None if detector is None else f"{type(detector).__name__} (threshold {detector.threshold_:.4g}, "
                                                    f"calibration FPR {detector.realised_fpr_:.3f})",
-        "clean_accuracy": {"undefended": 1.0 - float(clean_wrong_undefended.double().mean()),
-                           "defended": 1.0 - float(clean_wrong.double().mean()), "rejected": rejected},
+        "clean_accuracy": {"undefended": int((~clean_wrong_undefended).sum()) / x.shape[0],
+                           "defended": int((~clean_wrong).sum()) / x.shape[0], "rejected": rejected},
         "rows": rows,
         "adaptive_attacks": sorted(rows[0]["attacks"]) if rows else [],
         "attack": {"name": "pgd", "steps": steps, "restarts": restarts, "loss": "ce",
@@ -337,5 +338,5 @@ def _attack_name(combo: Sequence[str], randomized: bool, eot_samples: int) -> st
     return f"pgd-eot{eot_samples}" if modes == "eot" else f"pgd-{modes}-eot{eot_samples}"
 
 
-__all__ = ["DEFAULT_EPS", "adaptive_gradients", "evaluate", "preprocessing_layers", "verdict",
+__all__ = ["DEFAULT_EPS", "adaptive_gradients", "check_budgets", "evaluate", "preprocessing_layers", "verdict",
            "without_preprocessing"]

@@ -41,7 +41,7 @@ ATTACKS = ("fgsm", "pgd", "apgd-ce", "square")
 DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd-ce")
 DEFAULT_STEPS = {"pgd": 40, "apgd-ce": 100}
 SQUARE_QUERIES = 1000
-SUITES = ("evasion", "privacy", "poisoning", "certify")
+SUITES = ("evasion", "privacy", "poisoning", "certify", "defense")
 
 ProgressFn = Callable[[str, float, float], None]
 """``progress(description, completed, total)``: work done so far, in arbitrary units that add up to ``total``."""
@@ -71,7 +71,8 @@ class AuditResult:
     suites : the suites that ran, in order (:data:`SUITES`).
     minimal_norm : the evasion suite's minimal-norm curve (:func:`adverse.evaluation.confirm.minimal_norm_curve`).
     autoattack : AutoAttack's confirmation at one eps (:func:`adverse.evaluation.confirm.autoattack_confirmation`).
-    privacy, poisoning, certify : what those suites found (see their modules), or None when they did not run.
+    privacy, poisoning, certify, defense : what those suites found (see their modules), or None when they did not
+        run.
     examples : clean and adversarial images for the report (saved as ``examples.npz``, not in ``results.json``).
     fooled : per-sample outcomes, ``fooled[(attack, eps)]`` and ``fooled[("worst-case", eps)]`` bool arrays
         (True: not robust); kept in memory only (not in ``results.json``).
@@ -95,6 +96,7 @@ class AuditResult:
     privacy: dict[str, Any] | None = None
     poisoning: dict[str, Any] | None = None
     certify: dict[str, Any] | None = None
+    defense: dict[str, Any] | None = None
     fooled: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     examples: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -125,7 +127,7 @@ class AuditResult:
             "seconds": self.seconds,
             "checks": self.checks,
             "suites": self.suites,
-            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify")
+            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense")
                if (v := getattr(self, k)) is not None},
         }
 
@@ -172,7 +174,8 @@ class AuditResult:
                 data=dict(d["data"]), environment=dict(d["environment"]), budget=dict(d["budget"]),
                 seconds=dict(d["seconds"]), created=d["created"], checks=list(d.get("checks", [])),
                 suites=list(d.get("suites", ["evasion"])),
-                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify") if k in d},
+                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense")
+                   if k in d},
             )
         except KeyError as e:
             raise InputError(f"audit results lack the field {e.args[0]!r}; the file is not an adverse audit") from e
@@ -374,6 +377,7 @@ def audit(
     privacy: Mapping[str, Any] | None = None,
     poisoning: Mapping[str, Any] | None = None,
     certify: Mapping[str, Any] | None = None,
+    defense: Mapping[str, Any] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     executor: Any = None,
     progress: ProgressFn | None = None,
@@ -421,6 +425,9 @@ def audit(
     privacy, poisoning, certify : keyword options of :func:`~adverse.evaluation.privacy_suite.privacy_suite`,
         :func:`~adverse.evaluation.poisoning_suite.poisoning_suite` and
         :func:`~adverse.evaluation.certify_suite.certify_suite` (e.g. ``privacy={"references": 4}``).
+    defense : keyword options of :func:`~adverse.evaluation.defense_suite.defense_suite`, with the preprocessing
+        defense to evaluate as ``layer`` (e.g. ``defense={"layer": "pca:k=20"}``); giving it runs the defense suite
+        (fitted on ``train_data``, the classifier retrained with ``recipe`` where the defense's paper does).
     state_dir : a folder for the audit's resume state (``.audit-state.json``, rewritten atomically after every
         batch and every finished part). If the audit is interrupted, rerunning it with the same model, data,
         settings and ``state_dir`` reuses every finished batch and part and gives the same result as an
@@ -464,7 +471,7 @@ def audit(
     if autoattack is not None and autoattack not in ("fast", "standard"):
         raise InputError(f"autoattack must be 'fast', 'standard' or None, got {autoattack!r}")
     options = {k: _check_options(k, v) for k, v in (("privacy", privacy), ("poisoning", poisoning),
-                                                    ("certify", certify))}
+                                                    ("certify", certify), ("defense", defense))}
     if recipe is not None and not callable(recipe):
         raise InputError(f"recipe must be a callable recipe(dataset, seed) -> model, got {type(recipe).__name__}")
     executor = get_executor(executor)
@@ -516,6 +523,13 @@ def audit(
                                  f"{tuple(dataset.x.shape[1:])}; both must come from the same task")
             data_info["train"] = {"name": members.name, "n": len(members)}
     suite_list = _check_suites(suites, members is not None, recipe is not None)
+    if defense is not None and suites is None:
+        suite_list.append("defense")  # a defense to evaluate was given
+    if "defense" in suite_list:
+        from .defense_suite import check_layer
+
+        check_layer(options["defense"].get("layer"), model=model, train=members is not None,
+                    recipe=recipe is not None, retrain=options["defense"].get("retrain"))
     model_seconds = time.perf_counter() - started
     black_box = isinstance(model, BlackBox)
     model_info["parameters"] = None if black_box else int(sum(p.numel() for p in model.parameters()))
@@ -694,6 +708,12 @@ def audit(
         certify_options = {"n": min(100, len(full)), **options["certify"]}
         suite_results["certify"] = timed("certify", lambda: certify_suite(
             model, full, norm=norm, eps=eps_list, seed=seed, progress=progress, **certify_options))
+    if "defense" in suite_list:
+        from .defense_suite import defense_suite
+
+        suite_results["defense"] = timed("defense", lambda: defense_suite(
+            model, full, train=members, recipe=recipe, norm=norm, eps=eps_list, seed=seed, progress=progress,
+            **options["defense"]))
 
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
@@ -747,7 +767,7 @@ def _check_suites(suites: Sequence[str] | None, has_members: bool, has_recipe: b
 
 
 _SUITE_FUNCTIONS = {"privacy": ("privacy_suite", "privacy_suite"), "poisoning": ("poisoning_suite", "poisoning_suite"),
-                    "certify": ("certify_suite", "certify_suite")}
+                    "certify": ("certify_suite", "certify_suite"), "defense": ("defense_suite", "defense_suite")}
 _PASSED = {"model", "members", "nonmembers", "recipe", "train", "test", "data", "seed", "progress", "executor",
            "norm", "eps"}
 
