@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 from adverse.threat import lp_norm
+
+
+# Hypothesis profiles. "ci" (the default): derandomized, so every run, CI's included, draws the same examples and
+# a failure reproduces; no example database. "explore" (`pytest --hypothesis-profile explore`): random draws and
+# EXPLORE_FACTOR times the examples of every property test, to run before a stop and fix what it finds.
+EXPLORE_FACTOR = 20
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", max_examples=100 * EXPLORE_FACTOR, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("ADVERSE_HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the "ci" profile; EXPLORE_FACTOR × n under "explore" (whose max_examples is
+    EXPLORE_FACTOR × hypothesis's default of 100). Property tests pass ``max_examples=examples(n)``."""
+    return max(1, n * settings.default.max_examples // 100)
 
 
 @pytest.fixture(autouse=True, scope="session")

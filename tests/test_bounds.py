@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -105,7 +106,7 @@ def test_zero_eps_gives_the_output(name):
     assert torch.allclose(lower, out, atol=1e-12) and torch.allclose(upper, out, atol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.5), d=st.integers(1, 12), k=st.integers(1, 6))
 def test_one_affine_layer_is_exact(seed, eps, d, k):
     """For ``W x + b`` over a box IBP is tight: each bound is attained at the vertex ``μ ± r·sign(W_i)``."""

@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import linear_problem, optimal_norms
+from conftest import examples, linear_problem, optimal_norms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -181,7 +181,7 @@ def spy_on_queries():
         yield seen
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(max_queries=st.integers(2, 250), n=st.integers(1, 3), norm=st.sampled_from(["l2", "linf"]),
        eps=st.sampled_from([None, 0.05, 0.3]), seed=st.integers(0, 100), classes=st.sampled_from([2, 3]))
 def test_budget_never_exceeded(max_queries, n, norm, eps, seed, classes):

@@ -304,9 +304,10 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.chdir(work)
     monkeypatch.setitem(zoo.RECIPES, "test-cnn", {"arch": "SmallCNN", "epochs": 1, "lr": 1e-3, "seed": 0,
-                                                  "adversarial": None})
+                                                  "adversarial": None, "test": True})
     monkeypatch.setitem(zoo.RECIPES, "test-cnn-at", {"arch": "SmallCNN", "epochs": 1, "lr": 1e-3, "seed": 0,
-                                                     "adversarial": {"eps": 0.2, "steps": 1, "norm": "linf"}})
+                                                     "adversarial": {"eps": 0.2, "steps": 1, "norm": "linf"},
+                                                     "test": True})
     return cache, home, work
 
 
@@ -344,6 +345,23 @@ def test_pretrained_is_deterministic_and_cache_false_writes_nothing(isolated) ->
         assert torch.equal(v, w)
     assert not cache.exists() or _files(cache) == []
     assert _files(home) == [] and _files(work) == []
+
+
+def test_recipes_train_on_a_fixed_thread_count(isolated) -> None:
+    """The caller's thread count changes neither the weights nor the caller's setting."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = zoo.pretrained("test-cnn", cache=False)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        b = zoo.pretrained("test-cnn", cache=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for v, w in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(v, w)
+    assert all(r["threads"] == zoo.TRAIN_THREADS == 1 for r in zoo.RECIPES.values() if not r.get("test"))
 
 
 def test_pretrained_adversarial_recipe(isolated) -> None:

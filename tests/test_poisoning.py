@@ -12,6 +12,7 @@ import functools
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +131,7 @@ def test_bad_files_and_misuse(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ triggers (oracles)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(size=st.integers(1, 8), row=st.integers(0, 7), col=st.integers(0, 7), value=st.floats(0, 1))
 def test_patch_trigger_oracle(size, row, col, value):
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(size))
@@ -145,7 +146,7 @@ def test_patch_trigger_oracle(size, row, col, value):
     assert torch.equal(out[..., ~inside], x[..., ~inside])
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(alpha=st.floats(0.01, 1.0), seed=st.integers(0, 100))
 def test_blend_and_warp_stay_in_bounds(alpha, seed):
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
@@ -163,7 +164,7 @@ def test_warp_identity_at_zero_displacement():
 
 
 # ------------------------------------------------------------------------------------------ poison bookkeeping
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(rate=st.floats(0, 0.5), target=st.integers(0, 9), seed=st.integers(0, 1000))
 def test_badnets_changes_exactly_the_budget(rate, target, seed):
     d = digits_train()

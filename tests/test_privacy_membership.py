@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -263,7 +264,7 @@ def test_modified_entropy_matches_definition():
     assert torch.allclose(signal(z, y, "modified_entropy"), torch.stack(want))
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(st.lists(st.integers(-5, 5), min_size=1, max_size=40), st.lists(st.integers(-5, 5), min_size=1, max_size=30),
        st.sampled_from([1.0, 2.0, 0.5]))
 def test_rmia_count_matches_pairwise_definition_and_breaks_ties(xs, zs, gamma):

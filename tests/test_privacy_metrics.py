@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm, rankdata
@@ -123,7 +124,7 @@ def test_bad_parameters():
 
 
 @pytest.mark.filterwarnings("ignore:FPR")
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=4, max_size=60), st.integers(0, 2**16))
 def test_properties_monotone_invariance_and_symmetry(values, seed):
     s = np.asarray(values)

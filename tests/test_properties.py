@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import TinyNet, examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -20,7 +20,7 @@ from torch import nn
 import adverse.evasion as ev
 from adverse.threat import lp_norm
 
-PROPS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NUM_CLASSES = 4
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import NoGradBox, PerSampleCounter, _exact_linf_robust, linear_problem, optimal_norms
+from conftest import NoGradBox, PerSampleCounter, _exact_linf_robust, examples, linear_problem, optimal_norms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,7 +104,7 @@ def _distinct_points(digits_test, start: int, n: int = 5):
     return x[keep], y[keep]
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(max_queries=st.integers(4, 60), norm=st.sampled_from(["linf", "l2"]),
        basis=st.sampled_from(["pixel", "dct"]), start=st.integers(0, 400))
 def test_simba_max_queries_never_exceeded(digits_cnn_at, digits_test, max_queries, norm, basis, start):
@@ -119,7 +119,7 @@ def test_simba_max_queries_never_exceeded(digits_cnn_at, digits_test, max_querie
     assert bool((counter.counts[~r.clean_correct] == 1).all())  # already wrong: the clean query only
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(max_queries=st.integers(4, 80), samples=st.integers(1, 6), norm=st.sampled_from(["linf", "l2"]),
        method=st.sampled_from(["nes", "spsa"]), start=st.integers(0, 400))
 def test_nes_max_queries_never_exceeded(digits_cnn_at, digits_test, max_queries, samples, norm, method,

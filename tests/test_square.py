@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import NoGradBox, PerSampleCounter, _exact_linf_robust
+from conftest import NoGradBox, PerSampleCounter, _exact_linf_robust, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +63,7 @@ def test_logistic_regression_through_a_black_box(logistic, points):
 
 
 # ----------------------------------------------------------------------------------------- query accounting
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(max_queries=st.integers(2, 40), restarts=st.integers(1, 3), norm=st.sampled_from(["linf", "l2"]),
        start=st.integers(0, 500))
 def test_max_queries_never_exceeded(digits_cnn_at, digits_test, max_queries, restarts, norm, start):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -12,7 +13,7 @@ from scipy.optimize import minimize
 from adverse.errors import AdverseError, InputError
 from adverse.threat import NORMS, ThreatModel, check_norm, dual_norm, lp_norm, project, random_in_ball
 
-FAST = settings(max_examples=40, deadline=None)
+FAST = settings(max_examples=examples(40), deadline=None)
 
 
 # ------------------------------------------------------------------------------------------- reference solver
@@ -240,7 +241,7 @@ def test_l2_projection_known_value() -> None:
 
 # ------------------------------------------------------------------------------------------- norms
 @given(st.integers(1, 4), st.sampled_from([(3,), (2, 3), (1, 2, 2)]), st.integers(0, 1000))
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 def test_lp_norm_matches_numpy(n: int, shape, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     d = torch.randn((n, *shape), generator=g, dtype=torch.float64)

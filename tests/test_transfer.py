@@ -149,10 +149,10 @@ def test_seeded_randomness_is_reproducible(surrogates, digits_test, digits_cnn) 
 
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kw, pattern", [
-    (dict(diversity_prob=1.5), r"diversity_prob must lie in \[0, 1\]"),
+    (dict(diversity_prob=1.5), r"diversity_prob must be a finite number in \[0, 1\]"),
     (dict(kernel_size=4), r"kernel_size must be 0 \(no TI\) or a positive odd"),
-    (dict(resize_rate=0.0), r"resize_rate must lie in"),
-    (dict(steps=0), r"steps must be ≥ 1"),
+    (dict(resize_rate=0.0), r"resize_rate must be a finite number in \(0, 4\]"),
+    (dict(steps=0), r"steps must be an integer ≥ 1"),
     (dict(decay=-1.0), r"decay"),
     (dict(vmi_samples=-1), r"vmi_samples"),
 ])

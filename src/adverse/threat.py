@@ -12,6 +12,7 @@ Croce & Hein, "Mind the box: l1-APGD for sparse adversarial attacks on image cla
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Union
 
@@ -56,6 +57,11 @@ def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 def as_eps(eps: Eps, n: int, like: torch.Tensor) -> torch.Tensor:
     """Validate ``eps`` (a float or a per-sample tensor) and return it as a tensor of shape (n,)."""
+    if not torch.is_tensor(eps) and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)):
+        raise InputError(f"eps must be a number or a tensor of shape ({n},), got {eps!r}; pass eps in input units as "
+                         "a number (e.g. 8/255 for [0, 1] images)")
+    if torch.is_tensor(eps) and (eps.dtype == torch.bool or eps.is_complex()):
+        raise InputError(f"eps must be a real number or a real tensor of shape ({n},), got a {eps.dtype} tensor")
     e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
     if e.dim() == 0:
         e = e.expand(n)

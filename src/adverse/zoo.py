@@ -6,11 +6,12 @@ platform's cache folder); nothing is written at import, and a cache entry is wri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -113,12 +114,28 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("adverse"))
 
 
+# Every recipe trains on TRAIN_THREADS intra-op threads: float sums are ordered differently for other thread
+# counts, so the same seed would give other weights (and other test numbers) on a machine with more cores.
+TRAIN_THREADS = 1
 RECIPES: dict[str, dict] = {
-    "digits-cnn": {"arch": "SmallCNN", "epochs": 30, "lr": 1e-3, "seed": 0, "adversarial": None},
+    "digits-cnn": {"arch": "SmallCNN", "epochs": 30, "lr": 1e-3, "seed": 0, "adversarial": None,
+                   "threads": TRAIN_THREADS},
     "digits-cnn-at": {"arch": "SmallCNN", "epochs": 40, "lr": 1e-3, "seed": 0,
-                      "adversarial": {"eps": 0.2, "steps": 10, "norm": "linf"}},
-    "digits-mlp": {"arch": "MLP", "epochs": 40, "lr": 1e-3, "seed": 0, "adversarial": None},
+                      "adversarial": {"eps": 0.2, "steps": 10, "norm": "linf"}, "threads": TRAIN_THREADS},
+    "digits-mlp": {"arch": "MLP", "epochs": 40, "lr": 1e-3, "seed": 0, "adversarial": None,
+                   "threads": TRAIN_THREADS},
 }
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` intra-op threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build(arch: str) -> nn.Module:
@@ -164,7 +181,8 @@ class _Recipe:
             model = _build(r["arch"])
         adv = r["adversarial"]
         perturb = pgd_perturb(adv["eps"], adv["steps"], adv["norm"]) if adv else None
-        return train_classifier(model, data, epochs=r["epochs"], lr=r["lr"], seed=seed, perturb=perturb)
+        with fixed_threads(r.get("threads", TRAIN_THREADS)):
+            return train_classifier(model, data, epochs=r["epochs"], lr=r["lr"], seed=seed, perturb=perturb)
 
 
 def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = False) -> nn.Module:

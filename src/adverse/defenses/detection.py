@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import InputError, ModelError
 from ..evasion._core import check_inputs, make_generator, margin_loss
 from ..models import Counted, attack_mode
+from ..validation import validated
 from ._at import check_eps, maximize
 
 Tensor = torch.Tensor
@@ -224,6 +225,7 @@ class FeatureSqueezing(Detector):
     Xu, Evans & Qi, "Feature Squeezing: Detecting Adversarial Examples in Deep Neural Networks", NDSS 2018.
     """
 
+    @validated
     def __init__(self, model: nn.Module, squeezers: Sequence[nn.Module] | None = None, *, fpr: float = 0.05,
                  calibration: float = 0.5, seed: int = 0) -> None:
         super().__init__(model, fpr=fpr, calibration=calibration, seed=seed)
@@ -272,6 +274,7 @@ class Mahalanobis(Detector):
     Attacks", NeurIPS 2018 (``pokaxpoka/deep_Mahalanobis_detector``).
     """
 
+    @validated
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, *, noise: float = 0.0,
                  fpr: float = 0.05, calibration: float = 0.5, seed: int = 0) -> None:
         super().__init__(model, fpr=fpr, calibration=calibration, seed=seed)
@@ -355,6 +358,7 @@ class LID(Detector):
     Using Local Intrinsic Dimensionality", ICLR 2018 (``xingjunm/lid_adversarial_subspace_detection``).
     """
 
+    @validated
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, *, k: int = 20,
                  reference_size: int = 100, fpr: float = 0.05, calibration: float = 0.5, seed: int = 0) -> None:
         super().__init__(model, fpr=fpr, calibration=calibration, seed=seed)

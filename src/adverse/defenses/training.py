@@ -36,6 +36,7 @@ from ..errors import InputError, ModelError
 from ..evasion._core import check_inputs, make_generator
 from ..models import Counted, attack_mode
 from ..threat import check_norm
+from ..validation import NONNEG, POSITIVE, validated
 from ._at import check_eps, maximize
 
 Tensor = torch.Tensor
@@ -260,6 +261,7 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return StepResult(loss.detach(), x_adv, fw, bw)
 
 
+@validated(eps=POSITIVE, beta=NONNEG)
 def adversarial_step(
     model: nn.Module,
     batch: tuple[Tensor, Tensor],
@@ -460,6 +462,7 @@ def train_loop(
     return res
 
 
+@validated(eps=POSITIVE, beta=NONNEG)
 def adversarial_training(
     model: nn.Module,
     data: Dataset,

@@ -224,15 +224,32 @@ class Setup:
     def clean_correct(self) -> torch.Tensor:
         return self.clean_logits.argmax(dim=1) == self.y
 
+    @property
+    def clean_adversarial(self) -> torch.Tensor:
+        """Inputs that are adversarial as given (a clean error, or already the target class)."""
+        return is_adversarial(self.clean_logits, self.y, self.target)
+
     def tracker(self, minimize: bool = False) -> Tracker:
-        return Tracker(self.x, is_adversarial(self.clean_logits, self.y, self.target), self.norm, minimize)
+        return Tracker(self.x, self.clean_adversarial, self.norm, minimize)
 
     def labels(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.y[idx], None if self.target is None else self.target[idx]
 
     def result(self, tracker: Tracker, attack: str, params: dict[str, Any]) -> AttackResult:
-        """Package the tracker's best results, after checking the threat model one last time."""
+        """Package the tracker's best results, after checking the threat model one last time.
+
+        Minimal-norm attacks (``eps=None``) end on the decision boundary, where the logits of a point computed
+        inside a smaller batch can differ in the last bit from those of the whole batch and flip the argmax. Their
+        outputs are classified once more, as one batch (one forward pass per sample, counted): ``success`` is
+        exactly "the returned ``x_adv`` is adversarial", and a point that is not keeps ``x``."""
         x_adv = tracker.x_adv.detach()
+        success = tracker.success.clone()
+        if self.eps is None and bool((success & ~self.clean_adversarial).any()):
+            still = is_adversarial(self.model.logits(x_adv), self.y, self.target)
+            lost = success & ~still
+            if bool(lost.any()):
+                x_adv = torch.where(batch_view(lost, x_adv), self.x, x_adv)
+                success = success & ~lost
         lo, hi = self.bounds
         norms = lp_norm(x_adv - self.x, self.norm)
         if self.eps is not None and bool((norms > self.eps + 1e-5 * (1 + self.eps)).any()):
@@ -241,7 +258,7 @@ class Setup:
             raise RuntimeError(f"{attack}: internal error, an output leaves the bounds")
         eps = None if self.eps is None else float(self.eps.max()) if self.eps.numel() else 0.0
         return AttackResult(
-            x_adv=x_adv, success=tracker.success.clone(), norms=norms, clean_correct=self.clean_correct,
+            x_adv=x_adv, success=success, norms=norms, clean_correct=self.clean_correct,
             attack=attack, norm=self.norm, eps=eps, forwards=self.model.forwards,
             backwards=self.model.backwards, seconds=time.perf_counter() - self.started,
             params=params, seed=self.seed,
@@ -294,9 +311,7 @@ def setup(
     with attack_mode(model):
         counted = Counted(model)
         clean = counted.logits(x)
-        if clean.dim() != 2 or clean.shape[0] != x.shape[0]:
-            raise ModelError(f"the model must return logits of shape (n, classes), got {tuple(clean.shape)}")
-        check_logits(clean)
+        check_logits(clean, x.shape[0])  # a tensor (n, classes), finite, not probabilities
         check_labels(y, clean.shape[1])
         if target is not None:
             check_labels(target, clean.shape[1], "target classes")

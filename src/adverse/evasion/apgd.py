@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import batch_view, lp_norm, project
+from ..validation import validated
 from ._core import Setup, Tracker, ascent_direction, get_loss, is_adversarial, setup
 
 Tensor = torch.Tensor
@@ -23,6 +24,7 @@ Tensor = torch.Tensor
 ALPHA = 0.75  # momentum weight α of the current step (1 − α for the previous one)
 
 
+@validated
 def apgd(
     model: nn.Module,
     x: Tensor,

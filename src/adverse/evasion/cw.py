@@ -7,11 +7,13 @@ from torch import nn
 
 from ..errors import InputError
 from ..results import AttackResult
+from ..validation import validated
 from ._core import is_adversarial, margin_loss, setup
 
 Tensor = torch.Tensor
 
 
+@validated
 def cw_l2(
     model: nn.Module,
     x: Tensor,

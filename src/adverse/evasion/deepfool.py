@@ -8,11 +8,13 @@ from torch import nn
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import batch_view, dual_norm, lp_norm
+from ..validation import validated
 from ._core import is_adversarial, setup
 
 Tensor = torch.Tensor
 
 
+@validated
 def deepfool(
     model: nn.Module,
     x: Tensor,

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import check_norm, lp_norm
+from ..validation import validated
 from ._core import setup
 
 Tensor = torch.Tensor
@@ -29,6 +30,7 @@ class EOT(nn.Module):
     """Expectation over Transformation: the mean of ``samples`` forward passes of a randomized model, so that
     its gradient is the mean gradient (Athalye, Carlini & Wagner, ICML 2018)."""
 
+    @validated
     def __init__(self, model: nn.Module, samples: int = 20) -> None:
         super().__init__()
         self.model = model
@@ -106,6 +108,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@validated
 def autoattack(
     model: nn.Module,
     x: Tensor,

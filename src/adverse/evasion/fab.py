@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..models import Counted
 from ..results import AttackResult
 from ..threat import batch_view, check_norm, dual_norm, lp_norm, random_in_ball
+from ..validation import validated
 from ._core import Setup, Tracker, is_adversarial, setup
 
 Tensor = torch.Tensor
@@ -229,6 +230,7 @@ def _polyhedron_step(
 
 
 # --------------------------------------------------------------------------------------------- the attack
+@validated
 def fab(
     model: nn.Module,
     x: Tensor,

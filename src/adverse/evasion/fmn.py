@@ -15,11 +15,13 @@ from torch import nn
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import batch_view, dual_norm, lp_norm, project
+from ..validation import validated
 from ._core import is_adversarial, margin_loss, setup
 
 Tensor = torch.Tensor
 
 
+@validated
 def fmn(
     model: nn.Module,
     x: Tensor,

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..threat import clip_to_box, linf_box, project, random_in_ball
+from ..validation import validated
 from ._core import Setup, ascent_direction, get_loss, is_adversarial, momentum_update, relative_scale, setup
 
 Tensor = torch.Tensor
@@ -86,6 +87,7 @@ def _run(name: str, model: nn.Module, x: Tensor, y: Tensor, *, eps, norm, bounds
         return s.result(tr, name, params)
 
 
+@validated
 def fgsm(
     model: nn.Module,
     x: Tensor,
@@ -125,6 +127,7 @@ def fgsm(
                 early_stop=True, l1_sparsity=0.95)
 
 
+@validated
 def bim(
     model: nn.Module,
     x: Tensor,
@@ -152,6 +155,7 @@ def bim(
                 restarts=1, momentum=None, early_stop=early_stop, l1_sparsity=0.95)
 
 
+@validated
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -201,6 +205,7 @@ def pgd(
                 restarts=restarts, momentum=None, early_stop=early_stop, l1_sparsity=l1_sparsity)
 
 
+@validated
 def mifgsm(
     model: nn.Module,
     x: Tensor,

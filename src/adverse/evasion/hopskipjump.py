@@ -17,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import batch_view, lp_norm
+from ..validation import validated
 from ._core import Tracker
 from ._query import QuerySetup, query_setup
 
@@ -26,6 +27,7 @@ BLEND_TOL = 1e-3  # the initialization's blend search stops at this precision (a
 MAX_HALVINGS = 30  # geometric step search: at most this many halvings of ξ per iteration
 
 
+@validated
 def hopskipjump(
     model: Any,
     x: Tensor,

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..threat import batch_view, project
+from ..validation import validated
 from ._core import ascent_direction, get_loss
 from ._query import query_setup
 
@@ -24,6 +25,7 @@ Tensor = torch.Tensor
 METHODS = ("nes", "spsa")
 
 
+@validated
 def nes(
     model: Any,
     x: Tensor,

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import InputError
 from ..execution import Executor, Task, map_tasks, spawn_seeds
 from ..results import AttackResult
+from ..validation import validated
 
 
 def _attack_chunk(task: Task) -> AttackResult:
@@ -25,6 +26,7 @@ def _attack_chunk(task: Task) -> AttackResult:
     return r
 
 
+@validated
 def sharded(
     attack: str | Callable[..., AttackResult],
     model: nn.Module,

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..threat import project
+from ..validation import validated
 from ._query import QuerySetup, as_logits, query_setup
 
 Tensor = torch.Tensor
@@ -93,6 +94,7 @@ def _log_odds(scores: Tensor, cls: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- the attack
+@validated
 def simba(
     model: Any,
     x: Tensor,

@@ -17,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..results import AttackResult
 from ..threat import batch_view, clip_to_box, linf_box, lp_norm
+from ..validation import validated
 from ._core import Tracker, ce_loss, margin_loss
 from ._query import QuerySetup, query_setup
 
@@ -26,6 +27,7 @@ Tensor = torch.Tensor
 P_BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
+@validated
 def square(
     model: Any,
     x: Tensor,

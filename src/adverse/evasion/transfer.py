@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import InputError, ModelError
 from ..threat import batch_view, clip_to_box, linf_box, project
+from ..validation import validated
 from ._core import Setup, ascent_direction, get_loss, is_adversarial, momentum_update, relative_scale, setup
 from ._query import query_setup
 
@@ -136,6 +137,7 @@ def _craft(s: Setup, *, steps: int, alpha: float, decay: float, loss: str,
     return (x + delta).detach()
 
 
+@validated
 def transfer(
     surrogate: nn.Module | Sequence[nn.Module],
     model,

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InputError
+from ..validation import validated
 from ._common import budget, check_class, check_data, check_eps, check_rate, select
 from .data import PoisonedData
 from .triggers import Trigger, blend_trigger, patch_trigger, warp_noise, warp_trigger
@@ -52,6 +53,7 @@ def dirty_label(
     return PoisonedData(x, y, idx, attack, params, data.num_classes, data.y.clone(), data.bounds, trigger)
 
 
+@validated
 def badnets(
     data: Dataset, *, target: int = 0, rate: float = 0.05, size: int = 2, position: str | tuple = "bottom-right",
     value: float = 1.0, source: int | None = None, seed: int = 0,
@@ -84,6 +86,7 @@ def badnets(
                        params=params)
 
 
+@validated
 def blended(
     data: Dataset, *, target: int = 0, rate: float = 0.05, alpha: float = 0.2, pattern: torch.Tensor | None = None,
     source: int | None = None, seed: int = 0,
@@ -113,6 +116,7 @@ def blended(
                        params=params)
 
 
+@validated
 def wanet(
     data: Dataset, *, target: int = 0, rate: float = 0.1, k: int = 4, s: float = 0.5, cross_ratio: float = 2.0,
     source: int | None = None, seed: int = 0,
@@ -154,6 +158,7 @@ def wanet(
     return pd
 
 
+@validated
 def clean_label(
     data: Dataset, model: nn.Module, *, target: int = 0, rate: float = 0.5, eps: float = 0.2, steps: int = 20,
     size: int = 2, position: str | tuple = "bottom-right", value: float = 1.0, seed: int = 0,

@@ -17,6 +17,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import InputError
+from ..validation import validated
 from .triggers import Trigger
 
 FORMAT = "adverse.PoisonedData/1"
@@ -134,6 +135,7 @@ class PoisonedData:
         )
 
 
+@validated
 def load_poisoned(path: str | Path) -> PoisonedData:
     """Load a :class:`PoisonedData` written by :meth:`PoisonedData.save`."""
     return PoisonedData.load(path)

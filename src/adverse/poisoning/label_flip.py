@@ -6,12 +6,14 @@ import torch
 
 from ..data import Dataset
 from ..errors import InputError
+from ..validation import validated
 from ._common import budget, check_class, check_data, check_rate, select
 from .data import PoisonedData
 
 MODES = ("random", "targeted")
 
 
+@validated
 def label_flip(
     data: Dataset, *, rate: float = 0.1, mode: str = "random", source: int | None = None, target: int | None = None,
     seed: int = 0,

@@ -19,17 +19,20 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InputError
+from ..validation import validated
 from ._common import check_class, check_rate, predict
 from .data import PoisonedData
 
 TrainFn = Callable[[Dataset, int], nn.Module]
 
 
+@validated
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Accuracy on clean inputs."""
     return float((predict(model, x) == y).float().mean())
 
 
+@validated
 def attack_success_rate(
     model: nn.Module, poisoned: PoisonedData, x: torch.Tensor, y: torch.Tensor, *, source: int | None = None,
 ) -> float:
@@ -42,6 +45,7 @@ def attack_success_rate(
     return float((predict(model, poisoned.apply_trigger(x[keep])) == target).float().mean())
 
 
+@validated
 def backdoor_metrics(model: nn.Module, poisoned: PoisonedData, test: Dataset) -> dict:
     """Clean accuracy, ASR on non-target inputs, R-Acc (triggered non-target inputs still given their true
     class), and ASR per source class."""
@@ -64,6 +68,7 @@ def class_recall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cls: int) -
     return float((predict(model, x[keep]) == cls).float().mean())
 
 
+@validated
 def trainer(build: Callable[[], nn.Module], *, augment: int = 0, **train_kwargs) -> TrainFn:
     """A victim's training recipe as a ``train_fn(dataset, seed) -> model``: ``build()`` under
     ``torch.manual_seed(seed)`` (inside a forked RNG, so the caller's global state is untouched), then
@@ -88,6 +93,7 @@ def trainer(build: Callable[[], nn.Module], *, augment: int = 0, **train_kwargs)
     return train_fn
 
 
+@validated
 def retrain(train_fn: TrainFn, poisoned: PoisonedData, *, keep: torch.Tensor | None = None, seed: int = 0) -> nn.Module:
     """Train a fresh model on the poisoned set (optionally only on the samples ``keep`` selects, e.g. after a
     detection defense removed the flagged ones): ``train_fn(dataset, seed) -> model``."""
@@ -95,6 +101,7 @@ def retrain(train_fn: TrainFn, poisoned: PoisonedData, *, keep: torch.Tensor | N
 
 
 # ------------------------------------------------------------------------------------------ targeted poisoning
+@validated
 def targeted_success(model: nn.Module, poisoned: PoisonedData) -> torch.Tensor:
     """Per target: does the model give the target input the adversarial label?"""
     if "x" not in poisoned.targets:
@@ -102,6 +109,7 @@ def targeted_success(model: nn.Module, poisoned: PoisonedData) -> torch.Tensor:
     return predict(model, poisoned.targets["x"]) == poisoned.targets["adv_label"]
 
 
+@validated
 def random_noise_control(poisoned: PoisonedData, *, seed: int = 0) -> PoisonedData:
     """The control for a targeted poisoning: the same samples perturbed by the same L∞ budget of random sign
     noise (``±eps`` per pixel, clipped to the bounds) instead of the crafted perturbation."""
@@ -123,6 +131,7 @@ def _clean_inputs(poisoned: PoisonedData) -> torch.Tensor:
     return poisoned.targets["x_clean"]
 
 
+@validated
 def targeted_evaluation(train_fn: TrainFn, poisoned: list[PoisonedData], *, seed: int = 0,
                         control: bool = True) -> dict:
     """Success rate of targeted poisonings over many targets, each retrained from scratch with ``seed``, and of
@@ -141,6 +150,7 @@ def targeted_evaluation(train_fn: TrainFn, poisoned: list[PoisonedData], *, seed
 
 
 # ------------------------------------------------------------------------------------------ detection quality
+@validated
 def detection_quality(scores: torch.Tensor, is_poison: torch.Tensor, *, fpr: float = 0.05,
                       flagged: torch.Tensor | None = None) -> dict:
     """Per-sample detection quality of suspicion ``scores`` (higher = more suspicious) against the truth.

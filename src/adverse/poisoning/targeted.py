@@ -17,6 +17,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import InputError
 from ..threat import clip_to_box, linf_box
+from ..validation import validated
 from ._common import budget, check_class, check_data, check_eps, check_rate, features, select
 from .data import PoisonedData
 
@@ -83,6 +84,7 @@ def _frozen_copy(model: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
     return m, params
 
 
+@validated
 def feature_collision(
     model: nn.Module, data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
     rate: float = 0.01, eps: float = 0.25, steps: int = 200, lr: float = 0.05, beta0: float = 0.25,
@@ -180,6 +182,7 @@ def _cosine_mismatch(g_p: list[torch.Tensor], g_t: list[torch.Tensor], g_t_norm:
     return 1 - dot / (norm_p * g_t_norm + 1e-12)
 
 
+@validated
 def gradient_matching(
     model: nn.Module | Sequence[nn.Module], data: Dataset, x_target: torch.Tensor, *, adv_label: int, y_target: int | None = None,
     rate: float = 0.01, eps: float = 0.1, steps: int = 250, restarts: int = 8, tau: float = 0.1,

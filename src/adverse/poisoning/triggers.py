@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..validation import validated
 from ._common import as_positions
 
 KINDS = ("mask", "warp")
@@ -77,6 +78,7 @@ def _check_value(value: float, bounds: tuple[float, float], what: str) -> float:
     return v
 
 
+@validated
 def patch_trigger(
     image_shape: Sequence[int], *, size: int = 2, position: str | Sequence = "bottom-right", value: float = 1.0,
     bounds: tuple[float, float] = (0.0, 1.0),
@@ -112,6 +114,7 @@ def patch_trigger(
     return Trigger("mask", {"mask": mask, "pattern": torch.full((c, h, w), v)})
 
 
+@validated
 def blend_trigger(
     image_shape: Sequence[int], *, alpha: float = 0.2, pattern: torch.Tensor | None = None,
     bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
@@ -155,6 +158,7 @@ def identity_grid(h: int, w: int) -> torch.Tensor:
     return torch.stack((xs, ys), dim=-1)[None]
 
 
+@validated
 def warp_trigger(image_shape: Sequence[int], *, k: int = 4, s: float = 0.5, seed: int = 0) -> Trigger:
     """WaNet's warping field: ``P = ↑(ψ(rand[−1, 1]^{k×k×2}))``, ``M = clamp(I + s · P / h, −1, 1)``.
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 from ._signals import check_label_range, check_xy, model_logits
 
 Tensor = torch.Tensor
@@ -85,6 +86,7 @@ def fredrikson_inference(model: nn.Module, x: Tensor, y: Tensor, attribute: int,
     return torch.stack(scores, 1).argmax(1)
 
 
+@validated
 def attribute_inference(
     model: nn.Module, x: Tensor, y: Tensor, *, attribute: int, values: Tensor, x_aux: Tensor, y_aux: Tensor,
     method: str = "fredrikson", classifier: Callable[[int], Any] | None = None, is_member: Tensor | None = None,

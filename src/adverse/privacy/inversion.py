@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..models import attack_mode
+from ..models import attack_mode, eval_mode
+from ..validation import validated
 from .label_only import predict_labels
 
 Tensor = torch.Tensor
@@ -79,7 +80,7 @@ def untrained_copy(model: nn.Module, seed: int) -> nn.Module:
         for m in clone.modules():
             if callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
-    return clone.eval()
+    return eval_mode(clone)  # an exported module refuses .eval()
 
 
 def total_variation(x: Tensor) -> Tensor:
@@ -128,6 +129,7 @@ def mi_face_descent(model: nn.Module, t: Tensor, x0: Tensor, *, alpha: int, lam:
     return best_x.detach(), best_c.detach(), iters
 
 
+@validated
 def miface(
     model: nn.Module, classes: Tensor, *, shape: tuple[int, ...], evaluator: Any, steps: int = 1000,
     lr: float = 0.1, patience: int = 100, threshold: float = 0.0, tv: float = 0.0, l2: float = 0.0,

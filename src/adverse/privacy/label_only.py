@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import BlackBox
+from ..validation import validated
 from ._result import MembershipScores, with_baseline
 from ._signals import check_xy, model_logits
 
@@ -90,6 +91,7 @@ def boundary_score(model: Any, x: Tensor, y: Tensor, *, max_queries: int, steps:
     return torch.where(r.success, r.norms.double(), torch.full_like(r.norms, far, dtype=torch.float64))
 
 
+@validated
 def label_only(
     model: Any, x: Tensor, y: Tensor, *, method: str = "augmentation", max_queries: int | None = None,
     steps: int = 40, augment: str = "auto", max_shift: int = 1, flips: bool = False, n_noise: int = 50, noise_std: float = 0.05,

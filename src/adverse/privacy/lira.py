@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 from ._result import MembershipScores, with_baseline
 from ._signals import check_label_range, check_xy, model_logits, scaled_logit
 from .reference import ReferenceModels
@@ -92,6 +93,7 @@ class LiRA:
     IEEE S&P 2022 (arXiv:2112.03570).
     """
 
+    @validated
     def __init__(self, online: bool = True, fixed_variance: bool = False,
                  augmentations: Sequence[Callable[[Tensor], Tensor]] | None = None) -> None:
         self.online = bool(online)
@@ -154,6 +156,7 @@ class LiRA:
         return gaussian_logpdf(phi, mu_in_full, v_in) - gaussian_logpdf(phi, mu_out, v_out)
 
 
+@validated
 def lira(
     model: nn.Module, x: Tensor, y: Tensor, refs: ReferenceModels, *, pool_index: Tensor | None = None,
     online: bool = True, fixed_variance: bool = False,

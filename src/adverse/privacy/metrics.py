@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..validation import validated
 
 DEFAULT_FPRS = (0.001, 0.01)
 
@@ -148,6 +149,7 @@ class MembershipEvaluation:
         return fig
 
 
+@validated
 def evaluate(
     scores: Any,
     is_member: Any,

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import InputError, ModelError
 from ..execution import Executor, Task, imap_tasks, map_tasks, spawn_seeds
+from ..validation import validated
 from ._signals import check_xy, model_logits
 
 Tensor = torch.Tensor
@@ -104,6 +105,7 @@ class ReferenceModels:
     reference models, IN/OUT per point).
     """
 
+    @validated
     def __init__(
         self,
         train_fn: Callable[[Tensor, Tensor, int], nn.Module],

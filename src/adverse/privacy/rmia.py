@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 from ._result import MembershipScores, with_baseline
 from ._signals import check_label_range, check_xy, log_softmax_true, model_logits
 from .reference import ReferenceModels
@@ -102,6 +103,7 @@ class RMIA:
     (arXiv:2312.03262).
     """
 
+    @validated
     def __init__(self, online: bool = False, offline_a: float | None = None, temperature: float | None = None,
                  gamma: float = 1.0, a_grid: tuple[float, ...] = A_GRID, t_grid: tuple[float, ...] = T_GRID) -> None:
         if offline_a is not None and not (0.0 <= offline_a <= 1.0):
@@ -178,6 +180,7 @@ class RMIA:
         )
 
 
+@validated
 def rmia(
     model: nn.Module, x: Tensor, y: Tensor, refs: ReferenceModels, *, population: tuple[Tensor, Tensor],
     population_index: Tensor | None = None, pool_index: Tensor | None = None, online: bool = False,

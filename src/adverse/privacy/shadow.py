@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 from ._result import MembershipScores, with_baseline
 from ._signals import check_label_range, check_xy, model_logits
 from .reference import ReferenceModels
@@ -60,6 +61,7 @@ class ShadowAttack:
     IEEE S&P 2017.
     """
 
+    @validated
     def __init__(self, attack_model: Callable[[int], Any] | None = None, per_class: bool = True, seed: int = 0) -> None:
         self.attack_model = attack_model or default_attack_model
         self.per_class = per_class
@@ -121,6 +123,7 @@ class ShadowAttack:
         return out.to(x.device)
 
 
+@validated
 def shadow_attack(
     model: nn.Module, x: Tensor, y: Tensor, refs: ReferenceModels, *,
     attack_model: Callable[[int], Any] | None = None, per_class: bool = True, seed: int = 0,

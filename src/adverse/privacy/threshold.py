@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 from ._result import MembershipScores, with_baseline
 from ._signals import check_label_range, check_xy, model_logits, scaled_logit
 from .reference import ReferenceModels
@@ -94,6 +95,7 @@ class ThresholdAttack:
     Models", USENIX Security 2021.
     """
 
+    @validated
     def __init__(self, signal: str = "loss", class_dependent: bool = False) -> None:
         if signal not in SIGNALS:
             raise InputError(f"signal must be one of {SIGNALS}, got {signal!r}")
@@ -128,6 +130,7 @@ class ThresholdAttack:
         return s
 
 
+@validated
 def threshold_attack(
     model: nn.Module, x: Tensor, y: Tensor, *, signal: str = "loss", refs: ReferenceModels | None = None,
     class_dependent: bool = False, baseline: nn.Module | None = None,
@@ -158,6 +161,7 @@ def threshold_attack(
                          {"signal": signal, "class_dependent": class_dependent}, refs)
 
 
+@validated
 def loss_attack(model: nn.Module, x: Tensor, y: Tensor, *, baseline: nn.Module | None = None,
                 **kwargs: Any) -> MembershipScores:
     """Yeom et al.'s loss attack: member when the loss is low; score = ``log p_y`` (float64, from logits).
