@@ -126,7 +126,7 @@ def audit(
     ] = None,
     suites: Annotated[
         str | None,
-        typer.Option("--suites", help="Comma-separated suites: evasion, privacy, poisoning, certify.",
+        typer.Option("--suites", help="Comma-separated suites: evasion, privacy, poisoning, certify, defense.",
                      show_default="every suite the inputs allow"),
     ] = None,
     autoattack: Annotated[
@@ -165,6 +165,13 @@ def audit(
         str | None,
         typer.Option("--recipe", help="How the model was trained: a zoo name (digits-cnn) or "
                                       "package.module:function, called as recipe(dataset, seed) -> model."),
+    ] = None,
+    defense: Annotated[
+        str | None,
+        typer.Option("--defense", help="Evaluate a preprocessing defense in front of the model (the defense suite), "
+                                       "e.g. pca:k=20, feature-selection:k=10, magnet, tv, bit-depth:bits=1, jpeg, "
+                                       "median, noise, resize-pad; fitted on the training data (--train-data, or "
+                                       "the demo's) with --seed."),
     ] = None,
     config: Annotated[
         Path | None,
@@ -300,8 +307,16 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
             **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
                if k in ev},
             **{k: cfg[k] for k in ("privacy", "poisoning", "certify") if k in cfg},
+            **_defense_options(args["defense"], cfg.get("defense")),
         },
     }
+
+
+def _defense_options(flag: str | None, table: dict[str, Any] | None) -> dict[str, Any]:
+    """The defense suite's options: the ``[defense]`` table, with ``--defense`` as its layer when given."""
+    if flag is None and table is None:
+        return {}
+    return {"defense": {**(table or {}), **({"layer": flag} if flag is not None else {})}}
 
 
 @app.command()
@@ -445,6 +460,9 @@ def _suite_lines(result: AuditResult) -> list[str]:
                 key = "eps" if "eps" in rows[0] else "radius"
                 lines.append(f"Certified ({escape(str(m.get('method')))}): "
                              + ", ".join(f"{_pct(r['certified_accuracy'])} at {key} {r[key]:.3g}" for r in rows))
+    if result.defense:
+        lines.append(f"Defense ({escape(str(result.defense['layer']['description']))}): "
+                     f"{escape(str(result.defense['verdict']))}")
     return lines
 
 

@@ -43,6 +43,11 @@ with the list of known ones, so a typo never silently falls back to a default::
     n = 100
     sigma = 0.25
 
+    [defense]                      # ... of adverse.evaluation.defense_suite.defense_suite; runs the defense suite
+    layer = { name = "pca", k = 20 }   # the layer and its options (or layer = "pca:k=20", as --defense takes it)
+    n = 200
+    steps = 40
+
 Paths in ``[model]`` and ``[data]`` are relative to the configuration file's folder.
 """
 
@@ -62,7 +67,7 @@ DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
            "examples": bool}
-SUITE_TABLES = ("privacy", "poisoning", "certify")
+SUITE_TABLES = ("privacy", "poisoning", "certify", "defense")
 TABLES = {"model": MODEL, "data": DATA, "evasion": EVASION, **{t: None for t in SUITE_TABLES}}
 PATH_KEYS = {("model", "file"), ("data", "test"), ("data", "train")}
 

@@ -72,6 +72,11 @@ def without_preprocessing(model: nn.Module) -> nn.Module:
     return bare
 
 
+def describe(layer: nn.Module) -> str:
+    """A one-line description of a layer: its class and settings (``PCA(k=20, gradient='exact')``)."""
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
 def adaptive_gradients(layer: Preprocessor) -> tuple[str, ...]:
     """The gradient modes an adaptive attacker tries on ``layer``: the layer's own ``adaptive_gradients`` when it
     declares them; otherwise EOT for a randomized layer, BPDA for one without an exact gradient, and both the
@@ -135,6 +140,9 @@ def verdict(result: dict[str, Any]) -> str:
     text += (f" Clean accuracy {'falls' if cost > 0 else 'changes'} from {clean['undefended']:.1%} to "
              f"{clean['defended']:.1%}" + (f" ({clean['rejected']:.1%} of clean inputs rejected)"
                                           if clean.get("rejected") is not None else "") + ".")
+    if clean["defended"] < 0.5 * clean["undefended"]:
+        text += (" The defended model has lost most of its accuracy: what it keeps under attack is little more than "
+                 "a near-constant prediction, not robustness.")
     return text + " Attacks give upper bounds: a stronger adaptive attack can only lower these numbers."
 
 
@@ -303,7 +311,7 @@ def evaluate(
     tick("done")
     result: dict[str, Any] = {
         "n": int(x.shape[0]), "eps": eps_list, "norm": norm,
-        "layers": [repr(layer) for layer in layers],
+        "layers": [describe(layer) for layer in layers],
         "detector": None if detector is None else f"{type(detector).__name__} (threshold {detector.threshold_:.4g}, "
                                                    f"calibration FPR {detector.realised_fpr_:.3f})",
         "clean_accuracy": {"undefended": int((~clean_wrong_undefended).sum()) / x.shape[0],
@@ -338,5 +346,5 @@ def _attack_name(combo: Sequence[str], randomized: bool, eot_samples: int) -> st
     return f"pgd-eot{eot_samples}" if modes == "eot" else f"pgd-{modes}-eot{eot_samples}"
 
 
-__all__ = ["DEFAULT_EPS", "adaptive_gradients", "check_budgets", "evaluate", "preprocessing_layers", "verdict",
+__all__ = ["DEFAULT_EPS", "adaptive_gradients", "check_budgets", "describe", "evaluate", "preprocessing_layers", "verdict",
            "without_preprocessing"]

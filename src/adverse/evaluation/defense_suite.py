@@ -116,6 +116,9 @@ def build_layer(spec: str | Mapping[str, Any], *, bounds: tuple[float, float] = 
 def _retrain(name: str, retrain: bool | None, has_recipe: bool) -> bool:
     mode = LAYERS[name][2]
     if retrain is None:
+        if mode == "required" and not has_recipe:
+            raise InputError(f"the {name} defense is a classifier trained on the selected features: it needs the "
+                             "training recipe (recipe=, --recipe)")
         return mode == "required" or (mode == "paper" and has_recipe)
     if not isinstance(retrain, bool):
         raise InputError(f"retrain must be true, false or left out (as the defense's paper does), got {retrain!r}")
@@ -208,7 +211,7 @@ def defense_suite(
     from torch import nn
 
     from ..data import Dataset
-    from ..defenses.evaluation import check_budgets, evaluate
+    from ..defenses.evaluation import check_budgets, describe, evaluate
     from ..threat import check_norm
     from ..zoo import train_with
 
@@ -261,7 +264,7 @@ def defense_suite(
     found.pop("seconds", None)
     return json_safe({
         **found,
-        "layer": {"name": name, "options": options, "description": repr(defense)},
+        "layer": {"name": name, "options": options, "description": describe(defense)},
         "retrained": retrained,
         "config": {"layer": name, "options": options, "eps": found["eps"], "norm": norm, "n": n, "steps": steps,
                    "eot_samples": eot_samples, "judge_samples": judge_samples, "retrain": retrain,

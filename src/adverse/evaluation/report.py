@@ -13,6 +13,8 @@ Sections, each drawn by one function and each left out when its keys are absent:
 * sanity checks: status, message and evidence of each check (``checks``, ``config["checks"]``);
 * attacks × eps: robust accuracy, success rate and the budget spent by each attack at each eps (``attacks``);
 * privacy (membership inference, model inversion), poisoning and certify (the other suites; shapes below);
+* preprocessing defense: undefended vs oblivious vs adaptive attacker, the clean-accuracy cost and the verdict
+  (``defense``);
 * examples: clean, adversarial and perturbation images (the ``examples`` argument, not in ``results.json``);
 * reproduce: the command line, the configuration, seeds, versions and total budget (``config``,
   ``environment``, ``budget``, ``seconds``, ``created``).
@@ -49,7 +51,8 @@ Expected shape of the optional suite keys
 ``evaluator_accuracy``, ``baseline_evaluator_accuracy``, ``chance``, ``evaluator``.
 
 ``results["certify"]``: what :func:`adverse.evaluation.certify_suite.certify_suite` returns; ``results["minimal_norm"]``
-and ``results["autoattack"]``: what :mod:`adverse.evaluation.confirm` returns.
+and ``results["autoattack"]``: what :mod:`adverse.evaluation.confirm` returns; ``results["defense"]``: what
+:func:`adverse.evaluation.defense_suite.defense_suite` returns.
 
 ``examples`` (optional argument): a mapping with numpy arrays ``x`` and ``x_adv`` (shape ``(k, C, H, W)``,
 ``(k, H, W)`` or ``(k, H, W, C)``, values in ``[0, 1]``), ``y`` and ``pred_adv`` (shape ``(k,)``); at most
@@ -257,6 +260,9 @@ def _suite_summaries(results: Mapping[str, Any]) -> list[str]:
             out.append(f"<b>Certified ({_e(m.get('method'))}).</b> Proven correct on "
                        f"{_pct(best['certified_accuracy'])} of the samples against any perturbation up to "
                        f"{_e(key)} {_e(_num(best[key]))} ({_e(m.get('norm', ''))}).")
+    defense = results.get("defense")
+    if isinstance(defense, Mapping) and defense.get("verdict"):
+        out.append(f"<b>Defense ({_e(defense.get('layer', {}).get('name', ''))}).</b> {_e(defense['verdict'])}")
     return out
 
 
@@ -527,6 +533,53 @@ def _certify_section(results: Mapping[str, Any], figs: _Figures) -> str:
             + "</section>")
 
 
+def _defense_section(results: Mapping[str, Any], figs: _Figures) -> str:
+    suite = results.get("defense") if isinstance(results.get("defense"), Mapping) else {}
+    rows = suite.get("rows", [])
+    if not rows:
+        return ""
+    clean = suite.get("clean_accuracy", {})
+    lines = {"undefended": "undefended model", "oblivious": "defense, oblivious attacker",
+             "adaptive": "defense, adaptive attacker"}
+    fig = figs.new()
+    ax = fig.add_subplot(1, 1, 1)
+    for key, label in lines.items():
+        ax.plot([r["eps"] for r in rows], [r[key] for r in rows], marker="o", lw=2.5 if key == "adaptive" else 1.5,
+                label=label)
+    for key, style in (("undefended", ":"), ("defended", "--")):
+        if clean.get(key) is not None:
+            ax.axhline(clean[key], color="gray", ls=style, lw=1, label=f"clean accuracy, {key}")
+    norm = _NORMS.get(str(suite.get("norm", "")), "")
+    ax.set_xlabel(f"ε ({norm} budget, input units)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    img = figs.embed(fig, "defense", "Robust accuracy against ε: undefended, and the defense against an oblivious and "
+                                     "an adaptive attacker")
+    attacks = list(suite.get("adaptive_attacks", []))
+    body = [[_e(_num(r["eps"])), _pct(r["undefended"]), _pct(r["oblivious"]), _pct(r["adaptive"]),
+             *[_pct(r.get("attacks", {}).get(a)) for a in attacks]] for r in rows]
+    body.insert(0, ["clean", _pct(clean.get("undefended")), _pct(clean.get("defended")), _pct(clean.get("defended")),
+                    *[""] * len(attacks)])
+    table = _table(["ε", "undefended", "oblivious attacker", "adaptive attacker (worst case)", *attacks], body,
+                   right=tuple(range(1, 4 + len(attacks))))
+    gain = max(r["adaptive"] - r["undefended"] for r in rows)
+    box = "okbox" if gain >= 0.05 else "warnbox"
+    layer = suite.get("layer", {})
+    retrained = ("the classifier was retrained on the defense's output" if suite.get("retrained")
+                 else "the classifier is the audited model, unchanged")
+    detector = (f" Inputs the detector flags are rejected ({_e(suite['detector'])}); a rejected adversarial input "
+                "counts as defended, a rejected clean input as an error." if suite.get("detector") else "")
+    return ("<section id='defense'><h2>Preprocessing defense</h2>"
+            f"<p>The defense <code>{_e(layer.get('description', layer.get('name', '')))}</code> sits in front of the "
+            f"classifier ({_e(retrained)}). The oblivious attacker crafts its inputs on the undefended model; the "
+            "adaptive one attacks the whole defended pipeline (the exact gradient and BPDA, EOT over random draws, "
+            "the detector and classifier jointly), and a sample counts as robust only if every attack failed on it "
+            f"at this budget and every smaller one.{detector}</p><p class='{box}'>{_e(suite.get('verdict', ''))}</p>"
+            + img + table + "</section>")
+
+
 def _image(a: Any) -> Any:
     """One image as (H, W) or (H, W, C) for imshow."""
     import numpy as np
@@ -587,7 +640,9 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     suites = list(cfg.get("suites", ["evasion"]))
     aa = cfg.get("autoattack")
     mn = "minimal_norm" in cfg or "evasion" not in suites
-    options = {k: cfg[k] for k in ("privacy", "poisoning", "certify") if cfg.get(k)}
+    options = {k: cfg[k] for k in ("privacy", "poisoning", "certify", "defense") if cfg.get(k)}
+    defense = cfg.get("defense") or {}
+    cli_defense = set(defense) == {"layer"} and isinstance(defense["layer"], str)  # --defense says it all
     eps = ",".join(repr(float(e)) for e in cfg.get("eps", []))
     py_args = [f"eps={tuple(float(e) for e in cfg.get('eps', []))!r}", f"norm={cfg.get('norm')!r}",
                f"n={cfg.get('n')!r}", f"steps={steps!r}", f"attacks={tuple(attacks)!r}",
@@ -613,7 +668,8 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0)) and (
         not checks or cfg["checks"].get("n") == min(100, results.get("n") or 0))
     expressible = (len(set(steps.values())) <= 1 and (set(attacks) == set(DEFAULT_ATTACKS) or "evasion" not in suites)
-                   and cfg.get("batch_size") == 256 and mn and not options and default_budgets
+                   and cfg.get("batch_size") == 256 and mn and set(options) <= ({"defense"} if cli_defense else set())
+                   and default_budgets
                    and (not user or ("file" in model and "spec" in data
                                      and ("train" not in data or "spec" in data["train"])
                                      and (not model.get("recipe") or "recipe_spec" in model))))
@@ -625,6 +681,8 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     if steps:
         cli += ["--steps", str(next(iter(steps.values())))]
     cli += ["--seed", str(cfg.get("seed")), "--suites", ",".join(suites)]
+    if cli_defense:
+        cli += ["--defense", defense["layer"]]
     if "evasion" in suites:
         cli += ["--autoattack", aa["version"] if aa else "off"]
     if not checks:
@@ -714,6 +772,7 @@ def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *
         _privacy_section(results, figs),
         _poisoning_section(results, figs),
         _certify_section(results, figs),
+        _defense_section(results, figs),
         _examples_section(examples, figs),
         _reproduce_section(results),
     ]
