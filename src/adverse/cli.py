@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -98,7 +99,7 @@ def audit(
     ] = None,
     eps: Annotated[
         str | None,
-        typer.Option("--eps", help="Comma-separated budgets in input units (inputs lie in [0, 1]).",
+        typer.Option("--eps", help="Comma-separated budgets in input units (inputs lie in [0, 1]); at most 100.",
                      show_default=DEFAULT_EPS),
     ] = None,
     norm: Annotated[
@@ -109,13 +110,15 @@ def audit(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option("--steps", min=1, help="Iterations of PGD and APGD-CE.", show_default="40 and 100"),
+        typer.Option("--steps", min=1, help="Iterations of PGD and APGD-CE (at most 100,000).",
+                     show_default="40 and 100"),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", min=0, help="Seed of all randomness.", show_default="0")
+        int | None, typer.Option("--seed", min=0, help="Seed of all randomness (0 to 2^31 − 1).", show_default="0")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's")
+        int | None, typer.Option("--threads", min=1, help="CPU threads for torch (at most 4 × the CPUs).",
+                                      show_default="torch's")
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout, and nothing else there.")
@@ -287,6 +290,8 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
     autoattack = pick(args["autoattack"], ev.get("autoattack"), "fast")
     if autoattack not in ("fast", "standard", "off"):
         raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
+    _check_limits(pick(args["threads"], cfg.get("threads"), None), pick(args["steps"], ev.get("steps"), None),
+                  eps, pick(args["seed"], cfg.get("seed"), 0))
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
         "model_file": pick(args["model"], mdl.get("file"), None),
@@ -319,6 +324,39 @@ def _defense_options(flag: str | None, table: dict[str, Any] | None) -> dict[str
     return {"defense": {**(table or {}), **({"layer": flag} if flag is not None else {})}}
 
 
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+"""The most ``--threads`` accepted: 4 × the CPUs (more only slows torch down; thousands hang or crash it)."""
+MAX_STEPS = 100_000
+"""The most ``--steps`` accepted (AutoAttack uses 100; a million steps would run for days)."""
+MAX_EPS = 100
+"""The most budgets ``--eps`` may list (each one is a full run of every attack)."""
+MAX_SEED = 2**31 - 1
+"""The largest ``--seed`` (seeds are passed on to torch, numpy and scikit-learn, whose range is 32-bit)."""
+
+
+def _check_limits(threads: Any, steps: Any, eps: Any, seed: Any) -> None:
+    """Refuse values of --threads, --steps, --eps and --seed (from flags or --config) that cannot be meant: they
+    would hang, crash or run for days. The message names the flag and the range."""
+    from .errors import AdverseError
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if threads is not None and not (integer(threads) and 1 <= threads <= MAX_THREADS):
+        raise AdverseError(f"--threads {threads!r} is not a thread count this machine can use: pass an integer "
+                           f"between 1 and {MAX_THREADS} (4 × its {os.cpu_count() or 1} CPUs)")
+    for name, v in (steps.items() if isinstance(steps, dict) else [("", steps)]):
+        if v is not None and integer(v) and v > MAX_STEPS:
+            raise AdverseError(f"--steps {v}{f' (for {name})' if name else ''} is more than {MAX_STEPS:,} iterations "
+                               "per attack, which would run for days; pass --steps between 1 and "
+                               f"{MAX_STEPS:,} (PGD uses 40 by default, APGD 100)")
+    if isinstance(eps, (list, tuple)) and len(eps) > MAX_EPS:
+        raise AdverseError(f"--eps lists {len(eps)} budgets; each one runs every attack again: pass at most "
+                           f"{MAX_EPS} budgets")
+    if integer(seed) and not 0 <= seed <= MAX_SEED:
+        raise AdverseError(f"--seed {seed} is out of range: pass an integer between 0 and {MAX_SEED}")
+
+
 @app.command()
 def report(
     results_json: Annotated[Path, typer.Argument(help="A results.json written by adverse audit (or its folder).")],
@@ -327,25 +365,35 @@ def report(
                                   show_default="the folder holding RESULTS_JSON")
     ] = None,
 ) -> None:
-    """Render report.html (and figures/*.png) from a results.json."""
-    import json
+    """Render report.html (and figures/*.png) from a results.json.
 
+    The file is checked against the results schema first (docs/results-schema.md): a file that is not what an
+    audit wrote is refused with the JSON path at fault (exit 2); examples.npz beside it likewise."""
     from .errors import AdverseError
-    from .evaluation.audit import RESULTS_FILE, AuditResult
+    from .evaluation.audit import RESULTS_FILE
     from .evaluation.report import load_examples, render_report
+    from .evaluation.schema import read_results
 
     err = _stderr()
-    src = results_json / RESULTS_FILE if results_json.is_dir() else results_json
     try:
-        AuditResult.load(src)  # validates: JSON object, schema_version, required fields
-        path = render_report(json.loads(src.read_text(encoding="utf-8")), out if out is not None else src.parent,
-                             examples=load_examples(src.parent))
+        src = results_json / RESULTS_FILE if results_json.is_dir() else results_json
+        results = read_results(src)  # a regular file, size-limited, valid against the schema
+        path = render_report(results, out if out is not None else src.parent, examples=load_examples(src.parent))
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     except OSError as e:
         err.print(f"[bold red]Error:[/] cannot write the report: {escape(e.strerror or str(e))}")
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/]")
+        raise typer.Exit(130) from None
+    except Exception as e:  # a bug: say so briefly; ADVERSE_DEBUG=1 shows the traceback
+        if os.environ.get("ADVERSE_DEBUG"):
+            raise
+        err.print(f"[bold red]Unexpected error:[/] {type(e).__name__}: {escape(str(e))}\n"
+                  "This is a bug in adverse; rerun with ADVERSE_DEBUG=1 to see the traceback, and report it.")
+        raise typer.Exit(1) from None
     _stdout().print(f"Report written to [bold]{escape(str(path))}[/].")
 
 
@@ -422,8 +470,14 @@ def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runn
             else:
                 bar.update(task, completed=completed, total=total)
 
-        result = audit(loaded["model"], loaded["data"], train_data=loaded["train_data"], recipe=loaded["recipe"],
-                       state_dir=out, executor=runner, progress=progress, **settings["audit"])
+        def show(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None) -> None:
+            err.print(f"[bold yellow]Warning:[/] {escape(str(message))}")  # e.g. a damaged resume state discarded
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # shown once each, never raised
+            warnings.showwarning = show
+            result = audit(loaded["model"], loaded["data"], train_data=loaded["train_data"], recipe=loaded["recipe"],
+                           state_dir=out, executor=runner, progress=progress, **settings["audit"])
         info = loaded["info"]
         if info:
             result.model.update(file=info["file"], arch=info["arch"])

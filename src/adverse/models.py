@@ -72,13 +72,80 @@ def looks_like_probabilities(out: torch.Tensor, tol: float = 1e-4) -> bool:
     return bool(rows_sum_to_one and in_unit)
 
 
-def check_logits(out: torch.Tensor) -> None:
-    """Raise :class:`ModelError` if a model's output looks like probabilities rather than logits."""
-    if looks_like_probabilities(out):
+def check_logits(out: Any, n: int | None = None, *, probabilities: bool = False) -> None:
+    """Raise :class:`ModelError` unless ``out`` is logits for ``n`` inputs (any number when None): a
+    floating-point tensor of shape (n, classes), finite, and not probabilities (unless ``probabilities``: then
+    rows in [0, 1] summing to 1 are accepted too). The message names what came back and the fix; callers check a
+    model's first batch with it."""
+    if not torch.is_tensor(out):
+        what = type(out).__name__ + (f" of length {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise ModelError(f"the model returned a {what}, not a tensor of logits; make forward return the logits "
+                         "tensor of shape (n, classes)")
+    if out.dim() != 2 or (n is not None and out.shape[0] != n):
+        raise ModelError(
+            f"the model returned shape {tuple(out.shape)} for {n if n is not None else 'a batch of'} inputs; it must "
+            f"return logits of shape ({n if n is not None else 'n'}, classes), one row per input (end the model with "
+            "a layer of one output per class, flattening what comes before it)")
+    if not out.is_floating_point():
+        raise ModelError(f"the model returned {out.dtype} values, not floating-point logits; a model that answers "
+                         "with labels can only be queried: wrap it in adverse.BlackBox")
+    finite = torch.isfinite(out)
+    if not bool(finite.all()):
+        rows = ~finite.all(dim=1)
+        kinds = " and ".join(k for k, has in (("NaN", bool(torch.isnan(out).any())),
+                                              ("infinite", bool(torch.isinf(out).any()))) if has)
+        raise ModelError(
+            f"the model returned {kinds} logits for {int(rows.sum())} of {out.shape[0]} inputs (the first at index "
+            f"{int(rows.nonzero()[0, 0])}); predictions and attacks on such outputs mean nothing (argmax of NaN is 0). "
+            "Check the model's weights for NaN or inf, that the inputs lie in the bounds the model expects, and "
+            "layers that can overflow (exp, log of 0, division)")
+    if not probabilities and looks_like_probabilities(out):
         raise ModelError(
             "the model returns probabilities (rows in [0, 1] summing to 1), not logits; remove the final "
             "softmax so gradient attacks are not weakened by saturation (or wrap it in adverse.BlackBox)"
         )
+
+
+def expected_input(model: Any) -> str | None:
+    """What a model's first weight layer takes, when it can be told (for messages): ``"its first weight layer,
+    Linear(64 → 128), takes 64 features per input"``; None for anything else."""
+    if not isinstance(model, nn.Module):
+        return None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            return (f"its first weight layer, {name or 'the model'} = Linear({m.in_features} → {m.out_features}), takes "
+                    f"{m.in_features} features per input")
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return (f"its first weight layer, {name or 'the model'} = {type(m).__name__}({m.in_channels} → "
+                    f"{m.out_channels}), takes inputs with {m.in_channels} channel(s)")
+    return None
+
+
+def forward_failed(model: Any, x: torch.Tensor, error: BaseException) -> ModelError:
+    """The :class:`ModelError` for a model whose forward pass raised on ``x`` (usually: the data's shape does not
+    fit the model), naming the data's shape and what the model expects when known."""
+    detail = " ".join(str(error).split())[:300]
+    expects = expected_input(model)
+    return ModelError(
+        f"the model fails on inputs of shape {tuple(x.shape[1:])} (a batch of {tuple(x.shape)}): "
+        f"{type(error).__name__}: {detail}" + (f"; {expects}" if expects else "")
+        + ". Pass data of the shape the model was built for (or the model, --arch, that fits the data)")
+
+
+def checked_logits(model: nn.Module, x: torch.Tensor, *, probabilities: bool = False) -> torch.Tensor:
+    """``model(x)`` in attack mode without gradients, checked by :func:`check_logits`; a forward pass that raises
+    on ``x`` (a shape the model does not take) becomes a :class:`ModelError` (:func:`forward_failed`)."""
+    from .errors import AdverseError
+
+    try:
+        with attack_mode(model), torch.no_grad():
+            out = model(x)
+    except AdverseError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise forward_failed(model, x, e) from None
+    check_logits(out, x.shape[0], probabilities=probabilities)
+    return out
 
 
 class Counted:

@@ -182,19 +182,12 @@ class AuditResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AuditResult:
-        """Read ``results.json`` (or a folder holding one) written by :meth:`save`."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / RESULTS_FILE
-        if not p.is_file():
-            raise InputError(f"no such file: {p}")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{p} is not valid JSON ({e}); it is not an adverse audit") from e
-        if not isinstance(d, dict):
-            raise InputError(f"{p} does not hold a JSON object; it is not an adverse audit")
-        return cls.from_dict(d)
+        """Read ``results.json`` (or a folder holding one) written by :meth:`save`, checked against the results
+        schema first (:func:`adverse.evaluation.schema.read_results`: an :class:`InputError` names the JSON path
+        at fault)."""
+        from .schema import read_results
+
+        return cls.from_dict(read_results(path))
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -216,23 +209,64 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 class _Checkpoint:
     """The finished work of one audit, batch by batch and part by part (checks, curves, suites), in
     ``folder/.audit-state.json`` (atomically rewritten after each). A rerun with the same model, data and settings (the same ``key``) takes finished batches from
-    here instead of attacking again; any other state file is ignored and replaced."""
+    here instead of attacking again; any other state file is ignored and replaced.
+
+    The state is untrusted on reading: it holds a ``digest`` (sha256 of the JSON of everything else) and every
+    record is checked (types, finite numbers, per-sample lengths; the suites' parts against the results schema).
+    A state whose key matches but which is damaged in any way is discarded as a whole, with a warning naming the
+    file and the problem, and the audit starts afresh: a damaged state never changes results."""
 
     def __init__(self, folder: str | os.PathLike[str] | None, key: str) -> None:
         self.path = None if folder is None else Path(folder) / STATE_FILE
+        self.key = key
         self.data: dict[str, Any] = {"key": key, "batches": {}, "parts": {}}
-        if self.path is not None and self.path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                old = json.loads(self.path.read_text(encoding="utf-8"))
-                if isinstance(old, dict) and old.get("key") == key:
-                    self.data = old
+        if self.path is not None and (self.path.exists() or self.path.is_symlink()):
+            old = self._read()
+            if old is not None:
+                self.data = old
+
+    def _read(self) -> dict[str, Any] | None:
+        """This audit's intact state from the file, or None (another audit's state, silently; a damaged one, with
+        a warning)."""
+        from .schema import read_regular_file
+
+        try:
+            raw = read_regular_file(self.path, MAX_STATE_BYTES, "resume state")
+            old = json.loads(raw.decode("utf-8"))
+        except InputError as e:
+            self._discard(str(e))
+            return None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            self._discard(f"not valid JSON: {e}")
+            return None
+        if not isinstance(old, dict) or old.get("key") != self.key:
+            return None  # another audit's state (or none at all): replaced as the audit goes
+        why = _state_problem(old)
+        if why is not None:
+            self._discard(why)
+            return None
+        return {"key": old["key"], "batches": old["batches"], "parts": old["parts"]}
+
+    def _discard(self, why: str) -> None:
+        import warnings
+
+        warnings.warn(f"{self.path}: the audit's resume state is damaged ({why}); it was discarded and the audit "
+                      "starts afresh (the file is replaced as the audit goes)", UserWarning, stacklevel=4)
+        self.data = {"key": self.key, "batches": {}, "parts": {}}
 
     @staticmethod
     def _id(attack: str, eps: float, start: int) -> str:
         return f"{attack}|{eps!r}|{start}"
 
-    def get(self, attack: str, eps: float, start: int) -> dict[str, Any] | None:
-        return self.data["batches"].get(self._id(attack, eps, start))
+    def get(self, attack: str, eps: float, start: int, stop: int | None = None) -> dict[str, Any] | None:
+        """The finished batch ``[start, stop)`` of ``attack`` at ``eps``, or None. A record whose per-sample
+        outcome does not cover the batch means the state is damaged: it is discarded (with a warning)."""
+        rec = self.data["batches"].get(self._id(attack, eps, start))
+        if rec is not None and stop is not None and len(rec["success"]) != stop - start:
+            self._discard(f"batch {self._id(attack, eps, start)!r} holds {len(rec['success'])} outcomes for "
+                          f"{stop - start} samples")
+            return None
+        return rec
 
     def put(self, attack: str, eps: float, start: int, record: dict[str, Any]) -> None:
         self.data["batches"][self._id(attack, eps, start)] = record
@@ -250,7 +284,57 @@ class _Checkpoint:
     def _write(self) -> None:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(self.data))
+            body = {"key": self.data["key"], "batches": self.data["batches"], "parts": self.data["parts"]}
+            write_atomic(self.path, json.dumps({**body, "digest": _state_digest(body)}))
+
+
+MAX_STATE_BYTES = 2**30
+"""The largest resume state read back (a state over this is discarded, with a warning)."""
+
+
+def _state_digest(body: Mapping[str, Any]) -> str:
+    """sha256 of the JSON text of the state's ``key``, ``batches`` and ``parts`` (in that order): the same text
+    after a round trip through the file, since JSON keeps key order and floats' shortest repr."""
+    import hashlib
+
+    body = {"key": body["key"], "batches": body["batches"], "parts": body["parts"]}
+    return hashlib.sha256(json.dumps(body).encode("utf-8")).hexdigest()
+
+
+def _state_problem(state: Mapping[str, Any]) -> str | None:
+    """Why a resume state read from a file cannot be trusted, or None: its digest, then every record."""
+    from .schema import validate_part
+
+    if not isinstance(state.get("batches"), dict) or not isinstance(state.get("parts"), dict):
+        return "no batches or parts"
+    if not isinstance(state.get("digest"), str):
+        return "no digest"
+    if state["digest"] != _state_digest(state):
+        return "its digest does not match its content: it was changed after adverse wrote it"
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def seconds(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for bid, rec in state["batches"].items():
+        if not isinstance(rec, dict):
+            return f"batch {bid!r} is not a record"
+        ok = (isinstance(rec.get("success"), list) and all(type(v) is int and v in (0, 1) for v in rec["success"])
+              and count(rec.get("forwards")) and count(rec.get("backwards")) and count(rec.get("queries", 0))
+              and seconds(rec.get("seconds")) and isinstance(rec.get("params"), dict)
+              and all(v is None or isinstance(v, (str, bool, int)) or (isinstance(v, float) and math.isfinite(v))
+                      for v in rec["params"].values()))
+        if not ok:
+            return f"batch {bid!r} is not a valid record (success 0/1 per sample, passes ≥ 0, finite seconds)"
+    for name, rec in state["parts"].items():
+        if not isinstance(rec, dict) or "value" not in rec or not seconds(rec.get("seconds")):
+            return f"part {name!r} is not a valid record (value, finite seconds)"
+        why = validate_part(name, rec["value"])
+        if why is not None:
+            return f"part {name!r}: {why}"
+    return None
 
 
 def _update(h: Any, *tensors: Any) -> Any:
@@ -453,7 +537,7 @@ def audit(
     from ..evasion.gradient import fgsm, pgd
     from ..evasion.square import square
     from ..execution import Task, get_executor, imap_tasks
-    from ..models import BlackBox, attack_mode
+    from ..models import BlackBox
     from ..threat import check_norm
     from ..zoo import train_with
 
@@ -563,12 +647,9 @@ def audit(
     batches = [(i, min(i + batch_size, total_n)) for i in range(0, total_n, batch_size)]
     seconds: dict[str, float] = {"model": model_seconds}
 
-    # ---- clean accuracy (the attacks count clean errors as successes too)
-    if black_box:
-        pred = torch.cat([model.predict(x[a:b]).to(y.device) for a, b in batches])
-    else:
-        with attack_mode(model), torch.no_grad():
-            pred = torch.cat([model(x[a:b]).argmax(dim=1) for a, b in batches])
+    # ---- clean accuracy (the attacks count clean errors as successes too); every answer is checked: logits of
+    # the right shape, finite (argmax of NaN is 0), and a model that fails on the data's shape says so
+    pred = torch.cat([_predict_checked(model, x[a:b], black_box).to(y.device) for a, b in batches])
     clean_correct = (pred == y).cpu().numpy()
     clean_count = int(clean_correct.sum())
 
@@ -611,8 +692,8 @@ def audit(
                 fn, kwargs, cost = specs[name]
                 description = f"{name} at eps {e:g}"
                 report(description, done, total_work)
-                done += cost * sum(b - a for a, b in batches if state.get(name, e, a) is not None)
-                pending = [(a, b) for a, b in batches if state.get(name, e, a) is None]
+                done += cost * sum(b - a for a, b in batches if state.get(name, e, a, b) is not None)
+                pending = [(a, b) for a, b in batches if state.get(name, e, a, b) is None]
                 tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs,
                                                                         **extra)))
                          for i, (a, b) in enumerate(pending)]
@@ -621,8 +702,8 @@ def audit(
                     done += cost * (b - a)
                     report(description, done, total_work)
                 parts, fw, bw, queries, secs, params = [], 0, 0, 0, 0.0, {}
-                for a, _ in batches:
-                    rec = state.get(name, e, a)
+                for a, b in batches:
+                    rec = state.get(name, e, a, b)
                     parts.append(np.asarray(rec["success"], dtype=bool))
                     fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
                     queries += rec.get("queries", 0)
@@ -732,6 +813,22 @@ def audit(
         suites=suite_list, minimal_norm=mn_result, autoattack=aa_result, fooled=fooled, examples=example_arrays,
         **suite_results,
     )
+
+
+def _predict_checked(model: Any, x: Any, black_box: bool) -> Any:
+    """Predicted labels of one batch, after checking the model's answer (:func:`adverse.models.check_logits` for a
+    torch model, the black-box answer checks otherwise); a forward pass that raises on these inputs becomes a
+    :class:`~adverse.errors.ModelError` naming the data's shape and what the model expects."""
+    import torch
+
+    from ..evasion._query import check_answer
+    from ..models import checked_logits
+
+    if black_box:
+        out = check_answer(torch.as_tensor(model(x)), x.shape[0], model.output or "scores", None)
+        return out.long() if out.dim() == 1 else out.argmax(dim=1)
+    # probabilities pass here: the attacks refuse them, naming the fix, and other suites may take them
+    return checked_logits(model, x, probabilities=True).argmax(dim=1)
 
 
 def _black_box_attacks(names: list[str], requested: Any, specs: dict[str, Any], recipes: dict[str, Any]

@@ -160,6 +160,8 @@ def certify_suite(
     import torch
 
     from ..defenses.smoothing import _check, _check_count, _device
+    from ..evasion._core import check_labels
+    from ..models import checked_logits
     from ..poisoning._common import check_eps, predict
     from ..threat import check_norm
 
@@ -189,6 +191,9 @@ def certify_suite(
 
     device = _device(model, dataset.x)
     x, y = dataset.x.to(device), dataset.y.to(device)
+    # the model's answer on the first batch: logits of the right shape, finite, and classes the labels index
+    classes = checked_logits(model, x[:batch_size], probabilities=True).shape[1]
+    check_labels(y, classes, "labels of the data")
     clean = float((predict(model, x) == y).double().mean())
     ibp = (_ibp_method(model, x, y, eps_list, dataset.bounds, batch_size, step) if norm == "linf" else
            {"method": "ibp", "status": "skipped",

@@ -3,7 +3,9 @@
 :func:`render_report` reads the dictionary that ``results.json`` holds (:meth:`AuditResult.to_dict`) and writes
 ``out_dir/report.html`` plus ``out_dir/figures/*.png``. The HTML embeds every figure as a base64 PNG data URI
 and carries its CSS inline: it needs no network, no other file and no JavaScript. Every number in it comes from
-the results; every piece of text from them is escaped. Report code never computes attacks.
+the results, checked against the results schema first (:mod:`adverse.evaluation.schema`); every piece of text
+from them is escaped in the HTML and drawn verbatim in the figures (:func:`_label`: no mathtext, no TeX). Report
+code never computes attacks.
 
 Sections, each drawn by one function and each left out when its keys are absent:
 
@@ -62,12 +64,13 @@ eight rows are drawn.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,9 @@ from .audit import write_atomic
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 MAX_EXAMPLES = 8
+MAX_LABEL = 60  # characters of text from the results in a figure's legend, title or axis label
+MAX_INVERSIONS = 100  # reconstructions drawn side by side (a figure is at most 2^16 pixels wide)
+MAX_EXAMPLES_BYTES = 64 * 2**20  # examples.npz, on disk and unpacked
 _NAMES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "worst-case": "worst case"}
 _NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
@@ -129,8 +135,15 @@ def _name(attack: str) -> str:
 
 
 def _label(text: Any) -> str:
-    """Text for a matplotlib label: a ``$`` from the results must not start mathtext."""
-    return str(text).replace("$", r"\$")
+    """Any text from the results as a matplotlib string that is drawn verbatim: every ``$`` escaped (so nothing
+    starts mathtext; matplotlib removes the escape when it draws non-math text, whatever backslashes precede it),
+    control characters shown as U+FFFD (no missing-glyph warnings), a leading ``_`` kept visible (a legend
+    leaves out labels that start with ``_``), and at most :data:`MAX_LABEL` characters (the HTML has the rest)."""
+    s = str(text)
+    s = s if len(s) <= MAX_LABEL else s[: MAX_LABEL - 1] + "…"
+    s = "".join("\ufffd" if (ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160 else c for c in s)
+    s = s.replace("$", r"\$")
+    return "\u200b" + s if s.startswith("_") else s
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -292,11 +305,11 @@ def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
     mn = results.get("minimal_norm")
     if isinstance(mn, Mapping) and mn.get("curve"):
         ax.plot(mn["curve"]["eps"], mn["curve"]["robust_accuracy"], color="tab:purple", lw=1.5, ls="-",
-                label=f"minimal norm (FMN, {_e(_num(mn.get('steps')))} steps)")
+                label=_label(f"minimal norm (FMN, {_num(mn.get('steps'))} steps)"))
     aa = results.get("autoattack")
     if isinstance(aa, Mapping) and "robust_accuracy" in aa:
         ax.plot([aa["eps"]], [aa["robust_accuracy"]], marker="*", ms=16, ls="none", color="tab:red",
-                label=f"AutoAttack ({_e(aa.get('version'))}, first {_e(_num(aa.get('n')))} points)")
+                label=_label(f"AutoAttack ({aa.get('version')}, first {_num(aa.get('n'))} points)"))
     if "clean_accuracy" in results:
         ax.axhline(results["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
     ax.legend()
@@ -388,7 +401,7 @@ def _privacy_section(results: Mapping[str, Any], figs: _Figures) -> str:
         b = r.get("baseline")
         return f"{b['auc']:.3f}" if isinstance(b, Mapping) and b.get("auc") is not None else "—"
 
-    body = [[_e(r["attack"]), _e(with_ci(r, "auc", "auc", lambda v: f"{v:.3f}")),
+    body = [[_e(r["attack"]), _e(with_ci(r, "auc", "auc", lambda v: "n/a" if v is None else f"{v:.3f}")),
              _e(with_ci(r, "balanced_accuracy", "balanced_accuracy", _pct)),
              *[_e(with_ci(r, f, f"tpr@{f}", _pct)) if f in r.get("tpr_at_fpr", {}) else "" for f in fprs],
              _e(baseline(r)), f"{_e(_num(r.get('n_members')))} / {_e(_num(r.get('n_nonmembers')))}",
@@ -410,16 +423,17 @@ def _inversion(inv: Any, figs: _Figures) -> str:
     import numpy as np
 
     x = np.asarray(inv["x"], dtype=np.float32)
-    k = len(x)
+    k = min(len(x), MAX_INVERSIONS)
     fig = figs.new(1.3 * k, 1.8)
     for i in range(k):
         ax = fig.add_subplot(1, k, i + 1)
         img = _image(x[i])
         ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(f"class {inv['classes'][i]}", fontsize=9)
+        ax.set_title(_label(f"class {inv['classes'][i]}"), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    img = figs.embed(fig, "inversion", "MI-Face reconstructions, one per class")
+    img = figs.embed(fig, "inversion", "MI-Face reconstructions, one per class"
+                     + (f" (the first {k} of {len(x)} classes)" if k < len(x) else ""))
     base = inv.get("baseline_evaluator_accuracy")
     return (f"<h3>Model inversion</h3><p>MI-Face rebuilds an input per class from the model's confidences alone. "
             f"An independent classifier ({_e(inv.get('evaluator', ''))}) recognises {_pct(inv['evaluator_accuracy'])} "
@@ -503,7 +517,7 @@ def _certify_section(results: Mapping[str, Any], figs: _Figures) -> str:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(m["method"]))
             if "clean_accuracy" in suite:
                 ax.axhline(suite["clean_accuracy"], color="gray", ls="--", lw=1, label="clean accuracy")
-            ax.set_xlabel("L∞ ε (IBP)" if key == "eps" else f"L2 radius (smoothing, σ={_num(m.get('sigma'))})")
+            ax.set_xlabel("L∞ ε (IBP)" if key == "eps" else _label(f"L2 radius (smoothing, σ={_num(m.get('sigma'))})"))
             ax.set_ylabel("certified accuracy")
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
@@ -597,15 +611,9 @@ def _examples_section(examples: Mapping[str, Any] | None, figs: _Figures) -> str
         return ""
     import numpy as np
 
-    missing = [k for k in ("x", "x_adv", "y", "pred_adv") if k not in examples]
-    if missing:
-        raise InputError(f"examples lacks {missing}; pass a mapping with arrays x, x_adv, y and pred_adv")
-    x, x_adv = np.asarray(examples["x"]), np.asarray(examples["x_adv"])
-    y, pred = np.asarray(examples["y"]).reshape(-1), np.asarray(examples["pred_adv"]).reshape(-1)
+    ex = check_examples(examples)
+    x, x_adv, y, pred = ex["x"], ex["x_adv"], ex["y"], ex["pred_adv"]
     k = min(len(x), MAX_EXAMPLES)
-    if x.shape != x_adv.shape or len(y) < k or len(pred) < k or k == 0:
-        raise InputError(f"examples: x {x.shape} and x_adv {x_adv.shape} must match, with a label and an "
-                         "adversarial prediction per image")
     fig = figs.new(2.0 * k, 6.3)
     for i in range(k):
         clean, adv = _image(x[i]), _image(x_adv[i])
@@ -621,7 +629,7 @@ def _examples_section(examples: Mapping[str, Any] | None, figs: _Figures) -> str
         for row, (img, kw, title) in enumerate(panels):
             ax = fig.add_subplot(3, k, row * k + i + 1)
             ax.imshow(np.clip(img, 0, 1) if img is not delta else img, **kw)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(_label(title), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
     img = figs.embed(fig, "examples", "Clean inputs, adversarial inputs and the change between them")
@@ -721,20 +729,103 @@ def _reproduce_section(results: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the report
-def load_examples(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The example images an audit saved next to its ``results.json`` (``examples.npz``), or None."""
+_EXAMPLE_KEYS = ("x", "x_adv", "y", "pred_adv")
+
+
+def check_examples(examples: Mapping[str, Any], where: str = "examples") -> dict[str, Any]:
+    """The example arrays, checked: ``x`` and ``x_adv`` real-valued, finite, of one shape that the report can draw
+    (:func:`~adverse.evaluation.schema.image_stack_shape`), ``y`` and ``pred_adv`` 1-D integer labels, one per
+    drawn image, ``eps`` (optional) one finite number. Raises :class:`InputError` naming ``where`` and the array."""
     import numpy as np
 
+    from .schema import image_stack_shape
+
+    if not isinstance(examples, Mapping):
+        raise InputError(f"{where} must be a mapping of arrays x, x_adv, y and pred_adv, got {type(examples).__name__}")
+    missing = [k for k in _EXAMPLE_KEYS if k not in examples]
+    if missing:
+        raise InputError(f"{where} lacks {missing}; pass a mapping with arrays x, x_adv, y and pred_adv")
+    out: dict[str, Any] = {}
+    for k in _EXAMPLE_KEYS + (("eps",) if "eps" in examples else ()):
+        try:
+            a = np.asarray(examples[k])
+        except (ValueError, TypeError) as e:
+            raise InputError(f"{where}: {k} is not an array ({e})") from None
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"{where}: {k} holds {a.dtype} values; it must hold real numbers")
+        out[k] = a
+    x, x_adv = out["x"], out["x_adv"]
+    why = image_stack_shape(tuple(x.shape))
+    if why is not None:
+        raise InputError(f"{where}: x {why}")
+    if x.shape != x_adv.shape:
+        raise InputError(f"{where}: x {x.shape} and x_adv {x_adv.shape} must match, with a label and an "
+                         "adversarial prediction per image")
+    for k in ("x", "x_adv"):
+        if not np.isfinite(out[k]).all():
+            raise InputError(f"{where}: {k} holds NaN or infinite values; rerun the audit to write the examples again")
+        if out[k].size and float(np.abs(out[k]).max()) > 1e6:
+            raise InputError(f"{where}: {k} holds values beyond ±1e6, not inputs inside a model's bounds; rerun the "
+                             "audit to write the examples again")
+    k_drawn = min(len(x), MAX_EXAMPLES)
+    for k in ("y", "pred_adv"):
+        if out[k].dtype.kind not in "iu" or out[k].ndim != 1 or len(out[k]) < k_drawn:
+            raise InputError(f"{where}: {k} must be a 1-D array of integer labels, one per image (at least "
+                             f"{k_drawn}), got {out[k].dtype} of shape {out[k].shape}")
+    if "eps" in out and (out["eps"].size != 1 or not np.isfinite(out["eps"]).all()):
+        raise InputError(f"{where}: eps must be one finite number, got shape {out['eps'].shape}")
+    return out
+
+
+def _read_npz(raw: bytes, path: Path) -> dict[str, Any]:
+    """The arrays of an .npz archive held in ``raw``, read without unpickling and without trusting its sizes: every
+    member's uncompressed size counts towards :data:`MAX_EXAMPLES_BYTES`, and an array whose header declares more
+    data than its member holds is refused before anything is allocated."""
+    import zipfile
+
+    import numpy as np
+
+    if raw[:4] != b"PK\x03\x04":
+        raise ValueError("not an .npz archive (no zip header)")
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        members = [i for i in z.infolist() if i.filename.endswith(".npy") and i.filename[:-4] in
+                   (*_EXAMPLE_KEYS, "eps")]
+        if sum(i.file_size for i in members) > MAX_EXAMPLES_BYTES:
+            raise ValueError(f"its arrays unpack to more than {MAX_EXAMPLES_BYTES:,} bytes")
+        for info in members:
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                shape, _fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                          else np.lib.format.read_array_header_2_0(f))
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename} holds Python objects (pickled data)")
+                if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    raise ValueError(f"{info.filename} declares shape {shape} of {dtype}, more than it holds")
+            with z.open(info) as f:
+                out[info.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+    return out
+
+
+def load_examples(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The example images an audit saved next to its ``results.json`` (``examples.npz``), checked
+    (:func:`check_examples`), or None when there is no such file. A regular file of at most
+    :data:`MAX_EXAMPLES_BYTES`, read without unpickling; anything else is an :class:`InputError` naming the file."""
+    import zipfile
+    import zlib
+
     from .audit import EXAMPLES_FILE
+    from .schema import read_regular_file
 
     path = Path(folder) / EXAMPLES_FILE
     if not path.is_file():
         return None
+    raw = read_regular_file(path, MAX_EXAMPLES_BYTES, "examples file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not a valid examples file ({e}); delete it or rerun the audit") from e
+        arrays = _read_npz(raw, path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise InputError(f"{path} is not a valid examples file ({e}); delete it or rerun the audit") from None
+    return check_examples(arrays, str(path))
 
 
 def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
@@ -754,14 +845,48 @@ def render_report(results: Mapping[str, Any], out_dir: str | os.PathLike[str], *
 
     Raises
     ------
-    InputError : ``results`` is not a mapping, ``out_dir`` is an existing file, or ``examples`` is malformed.
+    InputError : ``results`` is not a mapping or fails the results schema (the keys present are checked, naming
+        the JSON path: :func:`adverse.evaluation.schema.validate_results` with ``partial=True``), ``out_dir`` is an
+        existing file, ``out_dir/figures`` or ``out_dir/report.html`` is a symbolic link, or ``examples`` is
+        malformed (:func:`check_examples`). Nothing is written then.
     """
     if not isinstance(results, Mapping):
         raise InputError(f"results must be the dictionary of results.json, got {type(results).__name__}")
+    from .schema import validate_results
+
+    validate_results(dict(results), source="results", partial=True)
+    if examples is not None:
+        examples = check_examples(examples)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder; choose another output folder")
+    for p in (out / FIGURES_DIR, out / REPORT_FILE):
+        if p.is_symlink():
+            raise InputError(f"{p} is a symbolic link; adverse writes the report only inside the output folder: "
+                             "remove the link or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
+    with _drawing():
+        return _render(results, out, examples)
+
+
+@contextlib.contextmanager
+def _drawing() -> Iterator[None]:
+    """Matplotlib settings under which text from the results is drawn as written: no LaTeX (a user's
+    ``text.usetex`` would hand it to TeX), mathtext parsing on so that :func:`_label`'s escapes apply, and no
+    warnings for glyphs the font lacks (they are drawn as boxes)."""
+    import warnings
+
+    import matplotlib
+
+    rc: dict[str, Any] = {"text.usetex": False}
+    if "text.parse_math" in matplotlib.rcParams:
+        rc["text.parse_math"] = True
+    with matplotlib.rc_context(rc), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+        yield
+
+
+def _render(results: Mapping[str, Any], out: Path, examples: Mapping[str, Any] | None) -> Path:
     figs = _Figures(out / FIGURES_DIR)
     sections = [
         _header(results),
