@@ -184,6 +184,10 @@ def audit(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow unpickling a model file (it can run arbitrary code).")
     ] = False,
+    trust_code: Annotated[
+        bool, typer.Option("--trust-code", help="Load a .pt2 or TorchScript model without checking it for pickled "
+                                                "payloads and non-tensor operators (its code can do anything).")
+    ] = False,
     executor: Annotated[
         str | None, typer.Option("--executor", help="Where attack batches run: local, or ray "
                                                     "(pip install 'adverse[ray]').", show_default="local")
@@ -213,7 +217,7 @@ def audit(
         out_dir.mkdir(parents=True, exist_ok=True)
         loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
                        settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"),
-                       label_column=settings.pop("label_column"))
+                       label_column=settings.pop("label_column"), trust_code=settings.pop("trust_code"))
         runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
         result = _run_audit(settings, loaded, out_dir, runner, err)
         path = result.save(out_dir)
@@ -297,6 +301,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         "model_file": pick(args["model"], mdl.get("file"), None),
         "arch": pick(args["arch"], mdl.get("arch"), None),
         "trust_pickle": args["trust_pickle"] or bool(mdl.get("trust_pickle", False)),
+        "trust_code": args["trust_code"] or bool(mdl.get("trust_code", False)),
         "data_spec": pick(args["data"], dat.get("test"), None),
         "label_column": pick(args["label_column"], dat.get("label_column"), None),
         "train_spec": pick(args["train_data"], dat.get("train"), None),
@@ -412,7 +417,7 @@ def _executor(name: str, address: str | None) -> Any:
 
 
 def _load(model: Path | str | None, arch: str | None, data: str | None, train: str | None, recipe: str | None,
-          trust_pickle: bool, label_column: str | int | None = None) -> dict[str, Any]:
+          trust_pickle: bool, label_column: str | int | None = None, trust_code: bool = False) -> dict[str, Any]:
     """The user's model, data, training data and recipe (None for the bundled default), and what to record."""
     from .errors import AdverseError
     from .loading import load_data, load_model, load_recipe
@@ -429,7 +434,7 @@ def _load(model: Path | str | None, arch: str | None, data: str | None, train: s
         return loaded
     if model is None or data is None:
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
-    loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code)
     loaded["data"] = load_data(data, label_column=label_column)
     if train is not None:
         loaded["train_data"] = load_data(train, label_column=label_column)

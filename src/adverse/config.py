@@ -12,6 +12,7 @@ with the list of known ones, so a typo never silently falls back to a default::
     file = "model.safetensors"     # see adverse.loading.load_model
     arch = "SmallCNN"              # or "package.module:factory"
     trust_pickle = false
+    trust_code = false             # load a .pt2 / TorchScript file without its code checks (see adverse.archives)
 
     [data]
     test = "test.npz"              # the data to audit on (see adverse.loading.load_data)
@@ -62,7 +63,7 @@ import tomllib
 from .errors import InputError
 
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str}
-MODEL = {"file": str, "arch": str, "trust_pickle": bool}
+MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool}
 DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,

@@ -6,8 +6,11 @@ Models (:func:`load_model`):
 ``.safetensors``            weights only; the architecture comes from ``arch``: a name from :mod:`adverse.zoo`
                             (``SmallCNN``, ``MLP``, or a recipe such as ``digits-cnn``) or a Python path
                             ``package.module:factory`` that the user names (called with no arguments)
-``.pt2``                    a ``torch.export`` archive (graph and weights, no Python code)
-TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code, not pickled Python objects)
+``.pt2``                    a ``torch.export`` archive (a graph and weights), loaded only after the checks
+                            below; it must have been exported in eval mode (no buffer updates, no training-mode
+                            dropout or batch statistics), and comes back as a module whose modules all say
+                            ``training=False`` (torch refuses ``.eval()`` on it; the attacks handle it)
+TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code), loaded only after the checks below
 ``.pt`` / ``.pth`` / …      a ``torch.save``'d state dict, read with ``torch.load(weights_only=True)``; needs
                             ``arch``. A pickled module is refused unless ``trust_pickle=True``: unpickling runs
                             whatever code the file names
@@ -19,6 +22,23 @@ TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code, no
 A black box from an ``.onnx`` file is told apart by :func:`is_black_box` (or ``isinstance(model, BlackBox)``);
 it also carries ``source_format = "onnx"``, ``white_box = False`` and ``path``. ONNX files hold a graph and
 weights only, so loading one runs no Python code from the file.
+
+Model files are untrusted. A path must name a regular file, and every zip archive (``.pt2``, TorchScript, a
+``torch.save`` zip) is first read by :func:`adverse.archives.open_archive` within limits on member count and
+sizes (a zip bomb is refused unread) and checked to list the same members for Python's zipfile and torch's own
+reader. ``.pt2`` and TorchScript archives carry code that torch's loaders run (they unpickle members marked
+``use_pickle``, ``eval`` shape expressions and guards, and TorchScript runs ``__setstate__`` while loading), so
+before torch sees them :func:`adverse.archives.check_exported_program` and
+:func:`adverse.archives.check_torchscript` refuse any pickled payload (a config entry marked ``use_pickle``,
+custom or opaque object constants, sample inputs ``torch.load(weights_only=True)`` refuses, pickles naming
+anything but TorchScript classes, tensors and storages), any member they do not check (AOTInductor code), any
+operator outside the pure tensor operators (torch's ``aten``/``prims``/``prim`` operators except file, print and
+RPC ones such as ``aten::from_file`` and ``aten::save``; no custom namespaces, TorchBind classes or
+``print``), and any expression, guard or name torch would evaluate or paste into code that is not plain
+arithmetic or an identifier; the module docstring of :mod:`adverse.archives` lists every rule.
+``trust_code=True`` (``--trust-code``) skips these code checks for a file the user trusts; the limits stay.
+:func:`source_digest` gives the sha256 of the file a model was loaded from (the audit's resume fingerprint
+includes it).
 
 Data (:func:`load_data`): the bundled sets by name (``digits``, ``digits:train``, ``tabular``), ``.npz`` files
 with ``x`` and ``y``, a folder of images with one sub-folder per class (read with Pillow), and CSV files. Data
@@ -66,12 +86,15 @@ bomb is refused (Pillow's own ``Image.MAX_IMAGE_PIXELS`` is left as it is; its w
 from __future__ import annotations
 
 import array
+import contextlib
 import csv
 import importlib
 import io
+import logging
 import os
 import re
 import warnings
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,6 +103,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import archives
 from . import data as _data
 from .data import Dataset, digits, load_npz, tabular
 from .errors import InputError, ModelError
@@ -149,28 +173,43 @@ def _with_weights(model: nn.Module, state: Any, path: Path) -> nn.Module:
     return model
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n for n in z.namelist())
+_SOURCES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def source_digest(model: Any) -> str | None:
+    """The sha256 of the bytes of the file :func:`load_model` read ``model`` from; None for a model built in
+    memory. The audit's resume fingerprint includes it, so two files with the same weights never share results."""
+    try:
+        return _SOURCES.get(model)
+    except TypeError:  # not weak-referenceable or not hashable: not loaded here
+        return None
 
 
 def load_model(
-    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False
+    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False, trust_code: bool = False
 ) -> nn.Module | BlackBox:
-    """Load a model file in eval mode; see the module docstring for the formats.
+    """Load a model file in eval mode; see the module docstring for the formats and what is checked.
 
     Returns a ``torch.nn.Module``, except for an ``.onnx`` file without onnx2torch installed: then a
     :class:`~adverse.models.BlackBox` (check with :func:`is_black_box`).
 
-    Raises :class:`ModelError` for a missing file, a format that needs ``arch`` without it, weights that do
-    not fit the architecture, a malformed file, and a pickled object when ``trust_pickle`` is False (nothing
-    in the file runs).
+    Raises :class:`ModelError` for a missing file or one that is not a regular file, a format that needs
+    ``arch`` without it, weights that do not fit the architecture, a malformed file or an archive beyond the
+    size limits (a zip bomb), a pickled object when ``trust_pickle`` is False, and a ``.pt2`` or TorchScript
+    archive that fails the checks of :mod:`adverse.archives` (pickled payloads, operators outside the pure
+    tensor operators) when ``trust_code`` is False. Nothing in a refused file runs.
     """
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"no such model file: {p}")
+        raise ModelError(f"{p} is not a regular file; give the path of a model file" if p.exists()
+                         else f"no such model file: {p}")
+    model = _load_model(p, arch, trust_pickle, trust_code)
+    with contextlib.suppress(TypeError):
+        _SOURCES[model] = archives.sha256(p)
+    return model
+
+
+def _load_model(p: Path, arch: str | None, trust_pickle: bool, trust_code: bool) -> nn.Module | BlackBox:
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -183,14 +222,17 @@ def load_model(
         except Exception as e:  # safetensors raises its own error types
             raise ModelError(f"{p} is not a valid safetensors file ({e})") from e
         return _with_weights(build_architecture(arch), state, p).eval()
-    if suffix == ".pt2":
-        try:
-            return torch.export.load(str(p)).module()
-        except Exception as e:
-            raise ModelError(f"{p} is not a torch.export archive ({type(e).__name__}: {e})") from e
     if suffix == ".onnx":
         return load_onnx(p)
-    if _is_torchscript(p):
+    archive = archives.open_archive(p) if suffix == ".pt2" or zipfile.is_zipfile(p) else None
+    kind = archives.kind(archive) if archive is not None else None
+    if suffix == ".pt2" or kind == "pt2":
+        if not trust_code:
+            archives.check_exported_program(archive)
+        return _load_exported(p)
+    if kind == "torchscript":
+        if not trust_code:
+            archives.check_torchscript(archive)
         try:
             return torch.jit.load(str(p), map_location="cpu").eval()
         except Exception as e:
@@ -213,6 +255,45 @@ def load_model(
     if arch is None:
         raise ModelError(f"{p} holds a state dict; name the architecture with arch= (--arch)")
     return _with_weights(build_architecture(arch), state, p).eval()
+
+
+_TRAIN_ARGS = {"dropout": 2, "native_dropout": 2, "feature_dropout": 2, "alpha_dropout": 2,
+               "feature_alpha_dropout": 2, "batch_norm": 5, "_native_batch_norm_legit": 5,
+               "_native_batch_norm_legit_functional": 5, "native_batch_norm": 5}
+
+
+def _load_exported(p: Path) -> nn.Module:
+    """An exported program as a module: checked to be in inference form (no buffer updates, no training-mode
+    dropout or batch statistics: ``.eval()`` cannot change an exported graph), its modules marked as in eval."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # torch logs a traceback before its own error; ours says it in one line
+    try:
+        ep = torch.export.load(str(p))
+        module = ep.module()
+    except Exception as e:
+        raise ModelError(f"{p} is not a loadable torch.export archive ({type(e).__name__}: {e})") from e
+    finally:
+        logger.setLevel(level)
+    mutated = sorted(ep.graph_signature.buffers_to_mutate.values())
+    if mutated:
+        raise ModelError(f"{p} updates its buffers {', '.join(mutated[:3])} when called: it was exported in training "
+                         "mode. Export it after model.eval() (an exported graph keeps the mode it was exported in)")
+    for gm in ep.graph_module.modules():
+        for node in getattr(getattr(gm, "graph", None), "nodes", ()):
+            name = getattr(node.target, "_opname", None) if node.op == "call_function" else None
+            index = _TRAIN_ARGS.get(name) if name is not None else None
+            if index is None:
+                continue
+            train = node.args[index] if len(node.args) > index else node.kwargs.get("train", node.kwargs.get(
+                "training", False))
+            if train is True:
+                raise ModelError(f"{p} runs {name} in training mode (node {node.name}): it was exported in training "
+                                 "mode. Export it after model.eval() (an exported graph keeps the mode it was "
+                                 "exported in)")
+    for m in module.modules():  # torch refuses .eval() on exported modules; the graph above is in inference form
+        m.training = False
+    return module
 
 
 # --------------------------------------------------------------------------------------------- ONNX

@@ -43,16 +43,33 @@ class Normalize(nn.Module):
         return (x - self.mean.reshape(shape).to(x.dtype)) / self.std.reshape(shape).to(x.dtype)
 
 
+def is_exported(model: Any) -> bool:
+    """True for a module from ``torch.export`` (``ExportedProgram.module()``): its graph keeps the mode it was
+    exported in, and torch refuses ``.eval()`` and ``.train()`` on it."""
+    return isinstance(model, torch.fx.GraphModule) and ("eval" in vars(model) or "train" in vars(model))
+
+
+def eval_mode(model: nn.Module) -> nn.Module:
+    """``model.eval()``, or, when the model is or holds an exported module (which refuses ``.eval()``), every
+    module's ``training`` flag set to False, as ``.eval()`` would; returns ``model``."""
+    if any(is_exported(m) for m in model.modules()):
+        for m in model.modules():
+            m.training = False
+        return model
+    return model.eval()
+
+
 @contextlib.contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and frozen parameters for the duration of an attack; restores modes and flags on exit.
 
-    BatchNorm running statistics are not updated in eval mode, so buffers are left untouched too.
+    BatchNorm running statistics are not updated in eval mode, so buffers are left untouched too. Exported
+    modules (``torch.export``) are handled by :func:`eval_mode`: they are already in inference form.
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        model.eval()
+        eval_mode(model)
         for p, _ in flags:
             p.requires_grad_(False)
         yield model

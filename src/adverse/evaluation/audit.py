@@ -344,13 +344,54 @@ def _update(h: Any, *tensors: Any) -> Any:
     return h
 
 
+def _model_code(model: Any) -> str:
+    """What a model computes beyond its weights, for the fingerprint: the sha256 of the file
+    :func:`adverse.loading.load_model` read it from, and for a torch module each submodule's class and code
+    (TorchScript ``.code``, an FX or exported graph's ``.code``, else the source of its classes, an instance's own
+    ``forward`` and its forward hooks where Python has it), with the torch version for torch's own classes."""
+    import inspect
+
+    import torch
+
+    from ..loading import source_digest
+
+    def source(obj: Any) -> str:
+        try:
+            return inspect.getsource(obj)
+        except (OSError, TypeError):  # built in, or defined where Python keeps no source (a REPL)
+            return ""
+
+    parts = [f"file {source_digest(model)}", f"torch {torch.__version__}"]
+    if not isinstance(model, torch.nn.Module):
+        return "\n".join(parts)
+    seen: set[type] = set()
+    for name, m in model.named_modules():
+        cls = type(m)
+        parts.append(f"module {name}: {cls.__module__}.{cls.__qualname__}")
+        if isinstance(m, torch.jit.ScriptModule):
+            with contextlib.suppress(RuntimeError, AttributeError):  # a scripted module without forward
+                parts.append(m.code)
+        elif isinstance(m, torch.fx.GraphModule):
+            parts.append(m.code)
+        for klass in cls.__mro__:
+            if klass in seen or klass.__module__.split(".")[0] in ("torch", "builtins"):
+                continue
+            seen.add(klass)
+            parts.append(source(klass))
+        hooks = [vars(m).get("forward")] + [f for d in (m._forward_pre_hooks, m._forward_hooks) for f in d.values()]
+        parts.extend(f"{getattr(f, '__qualname__', type(f).__qualname__)}\n{source(f)}" for f in hooks if f is not None)
+    return "\n".join(parts)
+
+
 def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) -> str:
-    """A hash of the model's parameters and buffers, the data and the settings."""
+    """A hash of the model (its parameters and buffers, its code and the file it came from: see
+    :func:`_model_code`), the data and the settings."""
     import hashlib
 
     from torch import nn as torch_nn
 
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(_model_code(model).encode())
     if isinstance(model, torch_nn.Module):
         for name, t in model.state_dict().items():
             h.update(name.encode())
