@@ -57,12 +57,12 @@ def _rich(base: dict) -> dict:
     """The real results plus every optional section, consistent with them (n, eps, counts)."""
     d = copy.deepcopy(base)
     n = d["n"]
-    suites = ["evasion", "privacy", "poisoning", "certify"]
+    suites = ["evasion", "privacy", "poisoning", "certify", "defense"]
     d["suites"] = suites
     d["config"].update(suites=suites, checks={"eps": 0.1, "n": n, "steps": 20, "square_max_queries": 1000,
                                                "surrogate": None},
                        autoattack={"version": "fast", "eps": 0.1, "n": n}, minimal_norm={"attack": "fmn", "steps": 100},
-                       privacy={"n": 50}, certify={"n": 10})
+                       privacy={"n": 50}, certify={"n": 10}, defense={"layer": "pca:k=20"})
     d["checks"] = [
         {"name": "output", "status": "pass", "message": "the model outputs logits", "evidence": {"min": -3.5}},
         {"name": "steps", "status": "warn", "message": "not converged", "evidence": {"eps": [0.1, 0.2], "p": None}},
@@ -105,7 +105,15 @@ def _rich(base: dict) -> dict:
          "alpha": 0.001, "smoothed_accuracy": 0.9, "abstain_rate": 0.1, "max_radius": 0.6, "seconds": 0.2,
          "rows": [{"radius": 0.8, "certified_accuracy": 0.0, "certified": 0, "beyond_max_radius": True,
                    "linf_eps": 0.1}]}]}
-    d["seconds"].update(checks=1.0, minimal_norm=0.5, autoattack=1.0, privacy=2.0, poisoning=3.0, certify=0.3)
+    d["defense"] = {"layer": {"name": "pca", "options": {"k": 20}, "description": "PCA(k=20)"}, "retrained": False,
+                    "detector": None, "n": n, "eps": [0.1, 0.3], "norm": "linf", "adaptive_attacks": ["pgd-exact"],
+                    "clean_accuracy": {"undefended": 0.95, "defended": 0.9, "rejected": None},
+                    "rows": [{"eps": e, "undefended": u, "oblivious": o, "adaptive": a, "attacks": {"pgd-exact": a}}
+                             for e, u, o, a in ((0.1, 0.5, 0.8, 0.45), (0.3, 0.1, 0.6, 0.05))],
+                    "verdict": "the defense adds little against an adaptive attacker", "config": {"layer": "pca"},
+                    "seconds": {"fit": 0.1, "retrain": 0.0, "evaluate": 1.0}}
+    d["seconds"].update(checks=1.0, minimal_norm=0.5, autoattack=1.0, privacy=2.0, poisoning=3.0, certify=0.3,
+                        defense=1.1)
     return d
 
 
@@ -157,8 +165,9 @@ def test_valid_rich_results_render(rich, small, tmp_path):
     assert code == 0, r.output
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert set(re.findall(r"<section id='([a-z]+)'>", page)) == {
-        "summary", "curves", "checks", "attacks", "privacy", "poisoning", "certify", "examples", "reproduce"}
-    assert len(list((folder / "figures").glob("*.png"))) == 6
+        "summary", "curves", "checks", "attacks", "privacy", "poisoning", "certify", "defense", "examples",
+        "reproduce"}
+    assert len(list((folder / "figures").glob("*.png"))) == 7
 
 
 @pytest.mark.parametrize("path, value, where", [
@@ -191,6 +200,8 @@ def test_valid_rich_results_render(rich, small, tmp_path):
     (("certify", "methods", 0, "rows", 0, "certified_accuracy"), 2, "certify.methods[0].rows[0].certified_accuracy"),
     (("certify", "methods", 1, "method"), "ibp", "certify.methods"),
     (("config", "privacy"), {"x=__import__('os').system('touch pwned'),y": 1}, "config.privacy"),
+    (("defense", "rows", 0, "adaptive"), 1.5, "defense.rows[0].adaptive"),
+    (("defense", "layer"), "pca", "defense.layer"),
 ])
 def test_tampered_results_exit_2_naming_the_path(rich, tmp_path, path, value, where):
     code, err, _ = report(tmp_path, _set(rich, path, value), allow_nan=True)
@@ -278,7 +289,7 @@ def test_hostile_text_in_every_string_is_drawn_and_escaped(rich, tmp_path, evil)
     assert "<script" not in page.lower()
     assert "&lt;script&gt;" in page or evil != EVIL
     pngs = sorted((tmp_path / "figures").glob("*.png"))
-    assert len(pngs) == 5  # no examples.npz in this folder
+    assert len(pngs) == 6  # no examples.npz in this folder
     for p in pngs:
         with Image.open(p) as im:
             im.verify()

@@ -19,8 +19,8 @@ correct report or refuses with an :class:`~adverse.errors.InputError` naming the
 
 **Unknown keys are allowed** (the schema lets a version grow fields; readers ignore what they do not know) but
 they are held to the same limits (finite numbers, depth, string length); the report shows them only as escaped
-text. The suite options in ``config`` (``privacy``, ``poisoning``, ``certify``) must have Python identifiers as
-keys, because the report turns them into the Python call that reproduces the audit.
+text. The suite options in ``config`` (``privacy``, ``poisoning``, ``certify``, ``defense``) must have Python
+identifiers as keys, because the report turns them into the Python call that reproduces the audit.
 
 The same checkers validate the suites' parts of the audit's resume state (:func:`validate_part`).
 
@@ -394,6 +394,18 @@ def _certify(full: bool) -> Check:
     return check
 
 
+def _defense(full: bool) -> Check:
+    row = fields({"eps": (BUDGET, "R"), "undefended": (FRACTION, "R"), "oblivious": (FRACTION, "R"),
+                  "adaptive": (FRACTION, "R"), "attacks": (map_of(FRACTION_OR_NULL), "O")}, full)
+    clean = fields({"undefended": (FRACTION_OR_NULL, "O"), "defended": (FRACTION_OR_NULL, "O"),
+                    "rejected": (FRACTION_OR_NULL, "O")}, full)
+    layer = fields({"name": (_str, "O"), "description": (_str, "O"), "options": (_obj, "O")}, full)
+    return fields({"rows": (list_of(row), "O"), "clean_accuracy": (clean, "O"), "norm": (_str, "O"),
+                   "adaptive_attacks": (list_of(_str), "O"), "layer": (layer, "O"), "retrained": (_bool, "O"),
+                   "detector": (_either(_str, _none), "O"), "verdict": (_str, "O"), "n": (COUNT, "O"),
+                   "eps": (list_of(BUDGET), "O"), "config": (_obj, "O"), "seconds": (map_of(NONNEG), "O")}, full)
+
+
 def _identifier_keys(v: Any, p: tuple) -> None:
     map_of(_any, key=lambda k: k.isidentifier() and not keyword.iskeyword(k),
            what="suite options are Python keyword arguments")(v, p)
@@ -411,6 +423,7 @@ def _config(full: bool) -> Check:
         "autoattack": (_either(_none, fields({"version": (one_of(("fast", "standard")), "R"),
                                               "eps": (BUDGET, "O"), "n": (integer(1), "R")}, full)), "O"),
         "privacy": (_identifier_keys, "O"), "poisoning": (_identifier_keys, "O"), "certify": (_identifier_keys, "O"),
+        "defense": (_identifier_keys, "O"),
     }, full)
 
 
@@ -447,6 +460,7 @@ def _top(full: bool) -> Check:
         "privacy": (_privacy(full), "O"),
         "poisoning": (_poisoning(full), "O"),
         "certify": (_certify(full), "O"),
+        "defense": (_defense(full), "O"),
     }, full)
 
 
@@ -566,7 +580,7 @@ def validate_results(d: Any, *, source: str = "results", partial: bool = False) 
 
 PART_CHECKS: dict[str, Callable[[bool], Check]] = {
     "checks": _checks, "minimal_norm": _minimal_norm, "autoattack": _autoattack, "privacy": _privacy,
-    "poisoning": _poisoning, "certify": _certify,
+    "poisoning": _poisoning, "certify": _certify, "defense": _defense,
 }
 
 
