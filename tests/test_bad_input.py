@@ -436,3 +436,176 @@ def test_labels_where_scores_are_needed(name: str) -> None:
         call(name, box, x, y)
     # the decision-based attack takes the same black box
     call("hopskipjump", box, x, y)
+
+
+# ----------------------------------------------------------------------------------------------- numeric arguments
+# Every public function and class of the four packages validates its numeric arguments before any work starts
+# (adverse.validation.validated). The properties below draw, for each numeric parameter of each entry point, a
+# value its rule refuses (NaN, ±inf, a wrong type, a value outside the range) and check the refusal names the
+# argument; the required arguments are placeholders, since validation comes first.
+import inspect  # noqa: E402
+import math  # noqa: E402
+
+from conftest import examples  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from adverse.validation import Rule  # noqa: E402
+
+PACKAGES = ("evasion", "privacy", "poisoning", "defenses")
+RESULT_TYPES = ("AttackResult", "PoisonedData", "Trigger", "MembershipScores", "MembershipEvaluation",
+                "AttributeResult", "InversionResult")
+
+
+def _entry_points() -> list[tuple[str, object]]:
+    """(name, callable) of every public function and class constructor, except the loss functions (tensors
+    only) and the result containers."""
+    import importlib
+
+    out = []
+    for pkg in PACKAGES:
+        mod = importlib.import_module(f"adverse.{pkg}")
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if name.endswith("_loss") or name in RESULT_TYPES or not callable(obj):
+                continue
+            if inspect.isclass(obj):
+                import dataclasses
+
+                if dataclasses.is_dataclass(obj) or "__init__" not in obj.__dict__:
+                    continue
+                out.append((f"{pkg}.{name}", obj.__init__))
+            else:
+                out.append((f"{pkg}.{name}", obj))
+    out.append(("audit", adverse.audit))
+    return out
+
+
+ENTRY_POINTS = _entry_points()
+
+
+def test_every_public_entry_point_is_validated() -> None:
+    unchecked = [name for name, fn in ENTRY_POINTS if not hasattr(fn, "rules")]
+    assert not unchecked, f"decorate these with adverse.validation.validated: {unchecked}"
+    assert len(ENTRY_POINTS) >= 60
+
+
+def _bad_values(rule: Rule) -> st.SearchStrategy:
+    """Values ``rule`` must refuse."""
+    bad: list[st.SearchStrategy] = [st.just(float("nan")), st.just(float("-inf")), st.sampled_from(["1", b"1", [1]]),
+                                    st.just(torch.tensor([1.0, 2.0]))]
+    if rule.kind == "bool":
+        return st.one_of(st.just(1), st.just("yes"), st.just(None) if not rule.none else st.just(0.0))
+    if rule.kind == "bounds":
+        return st.one_of(st.just((1.0, 0.0)), st.just((0.0, float("nan"))), st.just("0,1"), st.just((0.0,)),
+                         st.just((True, 2.0)))
+    if not rule.inf:
+        bad.append(st.just(float("inf")))
+    if rule.kind == "int":
+        bad += [st.floats(-1e6, 1e6).filter(lambda v: v != int(v)), st.just(True)]
+    if not rule.none:
+        bad.append(st.just(None))
+    if rule.low is not None:
+        below = st.floats(max(rule.low - 1e6, -1e12), float(rule.low), exclude_max=not rule.open_low)
+        bad.append(below.map(int).filter(lambda v: v < rule.low or (rule.open_low and v == rule.low))
+                   if rule.kind == "int" else below)
+    if rule.high is not None:
+        above = st.floats(float(rule.high), float(rule.high) + 1e6, exclude_min=not rule.open_high)
+        bad.append(above.map(math.ceil).filter(lambda v: v > rule.high or (rule.open_high and v == rule.high))
+                   if rule.kind == "int" else above)
+    return st.one_of(bad)
+
+
+def _valid(rule: Rule | None, placeholder=None):
+    """A value ``rule`` accepts, for the required arguments besides the one under test (None without a rule)."""
+    if rule is None:
+        return placeholder
+    if rule.kind == "bool":
+        return True
+    if rule.kind == "bounds":
+        return (0.0, 1.0)
+    low = 0.0 if rule.low is None else rule.low
+    high = low + 2.0 if rule.high is None else rule.high
+    value = (low + high) / 2
+    return int(math.ceil(value)) if rule.kind == "int" else value
+
+
+CASES = [(name, fn, param) for name, fn in ENTRY_POINTS if hasattr(fn, "rules") for param in sorted(fn.rules)]
+
+
+@pytest.mark.parametrize("name, fn, param", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+@settings(max_examples=examples(8), deadline=None)
+@given(data=st.data())
+def test_numeric_arguments_are_refused_by_name(name: str, fn, param: str, data) -> None:
+    rule = fn.rules[param]
+    value = data.draw(_bad_values(rule), label=param)
+    sig = inspect.signature(fn)
+    required = [p for p in sig.parameters.values() if p.default is inspect.Parameter.empty and p.name != param
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    args = [_valid(fn.rules.get(p.name)) for p in required if p.kind != p.KEYWORD_ONLY]
+    kwargs = {p.name: _valid(fn.rules.get(p.name), 0.1) for p in required if p.kind == p.KEYWORD_ONLY}
+    with pytest.raises(InputError, match=rf"{param} must be"):
+        fn(*args, **kwargs, **{param: value})
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("0.1", r"eps must be a number.*not|eps must be a number"), (True, "eps must be a number"),
+    (float("nan"), "finite"), (-0.1, "≥ 0"), (torch.tensor([0.1, 0.1]), r"shape \(3,\)"),
+])
+def test_eps_of_the_wrong_type(value, pattern) -> None:
+    model, x, y = make_problem()
+    expect_error("pgd", model, x, y, pattern, InputError, eps=value)
+
+
+def test_steps_as_a_float_and_a_negative_step_size() -> None:
+    model, x, y = make_problem()
+    expect_error("pgd", model, x, y, r"pgd: steps must be an integer ≥ 1, got 2\.5.*whole number", InputError,
+                 steps=2.5)
+    expect_error("pgd", model, x, y, r"pgd: alpha must be a finite number > 0", InputError, alpha=-0.01)
+    expect_error("cw_l2", model, x, y, r"initial_const must be a finite number > 0", InputError,
+                 initial_const=float("nan"))
+    expect_error("cw_l2", model, x, y, r"kappa must be a finite number ≥ 0", InputError, kappa=float("nan"))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in QUERY])
+def test_inputs_of_another_dtype_than_the_model(name: str) -> None:
+    model, x, y = make_problem()
+    expect_error(name, model, x.double(), y, r"x is torch\.float64 but the model's parameters are torch\.float32.*"
+                 r"x\.to\(torch\.float32\)", InputError)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in QUERY])
+def test_inputs_of_a_shape_the_model_cannot_take(name: str) -> None:
+    model, _, y = make_problem()
+    x = torch.rand(3, 1, 3, 3)  # 9 features where the model's first layer takes 6
+    expect_error(name, model, x, y, r"the model fails on inputs of shape \(3, 1, 3, 3\).*RuntimeError", ModelError)
+
+
+def test_autoattack_custom_list_must_not_be_empty() -> None:
+    model, x, y = make_problem()
+    for attacks in ([], (), "apgd-ce"):
+        with pytest.raises(InputError, match=r"attacks must be a non-empty list"):
+            ev.autoattack(model, x, y, eps=0.1, attacks=attacks)
+
+
+def test_autoattack_state_path_is_checked(tmp_path) -> None:
+    model, x, y = make_problem()
+    model.eval()
+    kw = dict(eps=0.3, attacks=["apgd-ce"], checks=False)
+    with pytest.raises(InputError, match=r"state_path .* is not a file"):
+        ev.autoattack(model, x, y, state_path=tmp_path, **kw)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a state")
+    with pytest.raises(InputError, match=r"not an AutoAttack state file.*delete"):
+        ev.autoattack(model, x, y, state_path=junk, **kw)
+    # a state whose key matches but whose contents were changed is refused, never used
+    path = tmp_path / "aa.pt"
+    first = ev.autoattack(model, x, y, state_path=path, **kw)
+    state = torch.load(path, weights_only=True)
+    state["x_adv"] = state["x_adv"] + 0.5  # outside the eps ball
+    torch.save(state, path)
+    with pytest.raises(InputError, match=r"matches this run but its contents are damaged.*delete"):
+        ev.autoattack(model, x, y, state_path=path, **kw)
+    path.unlink()
+    again = ev.autoattack(model, x, y, state_path=path, **kw)
+    assert torch.equal(first.success, again.success)

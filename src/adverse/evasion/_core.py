@@ -265,6 +265,26 @@ class Setup:
         )
 
 
+def first_pass(model: Counted, x: torch.Tensor) -> torch.Tensor:
+    """The clean logits, where a model that cannot take ``x`` is a :class:`ModelError` naming the inputs' shape
+    and dtype: a floating-point dtype other than the model's parameters' is refused before the pass (nothing is
+    converted silently), and an error the model raises on the batch is reported with what it said."""
+    dtypes = {p.dtype for p in model.model.parameters() if p.is_floating_point()}
+    if dtypes and x.dtype not in dtypes:
+        want = ", ".join(sorted(str(d) for d in dtypes))
+        raise InputError(f"x is {x.dtype} but the model's parameters are {want}; convert one to match "
+                         f"(x.to({want.split(', ')[0]}) or model.to(x.dtype))")
+    try:
+        return model.logits(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        if isinstance(e, ModelError | InputError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"the model fails on inputs of shape {tuple(x.shape)} and dtype {x.dtype} "
+                         f"({type(e).__name__}: {first}); pass inputs of the shape and scale the model was built "
+                         "for") from e
+
+
 def make_generator(seed: int | torch.Generator | None, device: torch.device) -> tuple[torch.Generator, int | None]:
     """A private generator: nothing reads or advances the global RNG."""
     if isinstance(seed, torch.Generator):
@@ -310,7 +330,7 @@ def setup(
     x = x.detach()
     with attack_mode(model):
         counted = Counted(model)
-        clean = counted.logits(x)
+        clean = first_pass(counted, x)
         check_logits(clean, x.shape[0])  # a tensor (n, classes), finite, not probabilities
         check_labels(y, clean.shape[1])
         if target is not None:

@@ -108,6 +108,39 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _load_state(path: Path, key: str, s: Any) -> tuple[Tensor, Tensor, list[dict[str, Any]]] | None:
+    """The saved progress at ``path`` for this run (None when there is none or it is another run's), checked
+    before use: a file that is not a regular file, does not load as tensors, or whose contents do not fit this
+    run (shapes, dtypes, points outside the eps ball or the bounds, a robust point that was a clean error) is
+    refused with :class:`InputError`, never used."""
+    if path.exists() and not path.is_file():
+        raise InputError(f"state_path {path} exists and is not a file; pass a file path (its folder must exist)")
+    if not path.is_file():
+        return None
+    fix = f"delete {path} to start over"
+    try:
+        state = torch.load(path, weights_only=True, map_location=s.x.device)
+    except Exception as e:
+        raise InputError(f"state_path {path} is not an AutoAttack state file ({type(e).__name__}); {fix}") from e
+    if not isinstance(state, dict) or state.get("key") != key:
+        return None
+    robust, x_adv, per_attack = state.get("robust"), state.get("x_adv"), state.get("per_attack")
+    n = s.x.shape[0]
+    ok = (torch.is_tensor(robust) and robust.dtype == torch.bool and robust.shape == (n,)
+          and torch.is_tensor(x_adv) and x_adv.shape == s.x.shape and x_adv.is_floating_point()
+          and isinstance(per_attack, list) and all(isinstance(p, dict) and isinstance(p.get("attack"), str)
+                                                   for p in per_attack))
+    if ok:
+        x_adv = x_adv.to(s.x.dtype)
+        lo, hi = s.bounds
+        inside = lp_norm(x_adv - s.x, s.norm) <= s.eps + 1e-5 * (1 + s.eps)
+        ok = (bool(torch.isfinite(x_adv).all()) and bool(inside.all()) and float(x_adv.min()) >= lo - 1e-6
+              and float(x_adv.max()) <= hi + 1e-6 and not bool((robust & ~s.clean_correct).any()))
+    if not ok:
+        raise InputError(f"state_path {path} matches this run but its contents are damaged; {fix}")
+    return robust, x_adv, list(per_attack)
+
+
 @validated
 def autoattack(
     model: nn.Module,
@@ -160,6 +193,9 @@ def autoattack(
             raise InputError(f"unknown version {version!r}; use 'standard', 'plus', 'rand' or pass attacks=[...]")
         plan = table[version]
     else:
+        if isinstance(attacks, (str, bytes)) or len(attacks) == 0:
+            raise InputError(f"attacks must be a non-empty list of attack names or (name, fn) pairs, got {attacks!r}; "
+                             "e.g. attacks=['apgd-ce', 'apgd-t'], or attacks=None for the version's ensemble")
         known = dict(table["plus"] + table["standard"])
         plan = []
         for a in attacks:
@@ -179,11 +215,9 @@ def autoattack(
                   "seed": seed, "n_target_classes": n_target_classes, "square_queries": square_queries}
         path = Path(state_path) if state_path is not None else None
         key = _fingerprint(s.x, s.y, config) if path is not None else ""
-        if path is not None and path.is_file():
-            state = torch.load(path, weights_only=True)
-            if state.get("key") == key:
-                robust, x_adv = state["robust"].to(s.x.device), state["x_adv"].to(s.x.device, s.x.dtype)
-                per_attack = list(state["per_attack"])
+        state = _load_state(path, key, s) if path is not None else None
+        if state is not None:
+            robust, x_adv, per_attack = state
         flags: list[str] = []
         found = []
         if checks:
