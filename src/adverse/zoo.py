@@ -185,6 +185,17 @@ class _Recipe:
             return train_classifier(model, data, epochs=r["epochs"], lr=r["lr"], seed=seed, perturb=perturb)
 
 
+def training_seed(name: str) -> int:
+    """The seed :func:`pretrained` trains ``name`` with: the recipe's, or ``$ADVERSE_ZOO_SEED`` when set (to
+    measure how much tests and benchmarks depend on the training seed: ``benchmarks/seed_margins.sh``)."""
+    env = os.environ.get("ADVERSE_ZOO_SEED")
+    if env is None:
+        return int(RECIPES[name]["seed"])
+    if not env.isdigit():
+        raise InputError(f"ADVERSE_ZOO_SEED must be a whole number ≥ 0, got {env!r}; unset it to use the recipes' seeds")
+    return int(env)
+
+
 def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = False) -> nn.Module:
     """A model from :data:`RECIPES`, trained on the bundled digits (train split) or loaded from the cache.
 
@@ -197,15 +208,19 @@ def pretrained(name: str = "digits-cnn", *, cache: bool = True, verbose: bool = 
 
     if name not in RECIPES:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(RECIPES)}")
-    recipe = RECIPES[name]
+    recipe = dict(RECIPES[name], seed=training_seed(name))
     key = hashlib.sha256(json.dumps([name, recipe, torch.__version__.split("+")[0]], sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.safetensors"
     if cache and path.is_file():
         with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
             torch.manual_seed(recipe["seed"])
             model = _build(recipe["arch"])
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception:  # a damaged cache entry (a full disk, a killed write by another tool): train again
+            if verbose:
+                print(f"the cached {name} at {path} is damaged; training it again")
     if verbose:
         print(f"training {name} (cached afterwards at {path})")
     model = _Recipe(name)(digits("train"), recipe["seed"])
