@@ -49,10 +49,11 @@ class Rule:
         if self.kind == "bool":
             return "True or False" + (" or None" if self.none else "")
         what = "an integer" if self.kind == "int" else "a finite number" if not self.inf else "a number"
-        lo = None if self.low is None else f"{'>' if self.open_low else '≥'} {self.low:g}"
-        hi = None if self.high is None else f"{'<' if self.open_high else '≤'} {self.high:g}"
+        lo = None if self.low is None else f"{'>' if self.open_low else '≥'} {_fmt(self.low)}"
+        hi = None if self.high is None else f"{'<' if self.open_high else '≤'} {_fmt(self.high)}"
         if lo and hi:
-            where = f" in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            where = (f" in {'(' if self.open_low else '['}{_fmt(self.low)}, {_fmt(self.high)}"
+                     f"{')' if self.open_high else ']'}")
         else:
             where = f" {lo or hi}" if lo or hi else ""
         return what + where + (" or None" if self.none else "")
@@ -99,6 +100,10 @@ class Rule:
     def _fail(self, value: Any, name: str, where: str, hint: str = "") -> None:
         shown = repr(value) if not hasattr(value, "shape") else f"a {type(value).__name__}"
         raise InputError(f"{where}: {name} must be {self.describe()}, got {shown}" + (f"; {hint}" if hint else ""))
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def check(value: Any, name: str, rule: Rule, where: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..validation import validated
 
 if TYPE_CHECKING:
     import numpy as np
@@ -479,6 +480,7 @@ def _as_dataset(data: Any) -> Dataset:
 
 
 # --------------------------------------------------------------------------------------------- the audit
+@validated
 def audit(
     model: nn.Module | None = None,
     data: Dataset | tuple[Any, Any] | None = None,
