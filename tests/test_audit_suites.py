@@ -312,7 +312,7 @@ def test_zoo_recipe_trains_what_pretrained_trains():
 
     zoo.RECIPES["one-epoch"] = dict(zoo.RECIPES["digits-cnn"], epochs=1)
     try:
-        a = zoo.recipe("one-epoch")(digits("train"), 0)
+        a = zoo.recipe("one-epoch")(digits("train"), zoo.training_seed("one-epoch"))
         b = zoo.pretrained("one-epoch", cache=False)
     finally:
         del zoo.RECIPES["one-epoch"]

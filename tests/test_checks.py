@@ -79,13 +79,14 @@ def test_steps_threshold_is_a_binomial_test():
 
 
 def test_steps_check_fires_on_an_unconverged_attack(digits_cnn, digits_test):
-    """PGD-1 on the undefended CNN at 0.1: PGD-5 × 2 restarts fools 29 of the 540 test points more (measured;
-    2 % would be 10.8), p ≈ 2e-6; the same check at 10 steps fools 7 more (p = 0.9) and passes."""
+    """PGD-1 on the undefended CNN at 0.15 on the 540 test points: PGD-5 × 2 restarts fools 38, 35 and 44 more
+    (digits-cnn trained with seeds 0, 1, 2; 2 % would be 10.8), p ≤ 2.4e-9; at 10 steps it fools 12, 11 and 13
+    more (p ≥ 0.29) and passes. (At 0.1, PGD-1's gap is too small to be told from noise for seed 2: 13, p = 0.29.)"""
     x, y = digits_test.x, digits_test.y
-    unconverged = run_checks(digits_cnn, x, y, checks=("steps",), eps=0.1, steps=1)[0]
+    unconverged = run_checks(digits_cnn, x, y, checks=("steps",), eps=0.15, steps=1)[0]
     assert unconverged.status == "warn", unconverged.evidence
-    assert unconverged.evidence["extra_fooled"] >= 20
-    converged = run_checks(digits_cnn, x, y, checks=("steps",), eps=0.1, steps=10)[0]
+    assert unconverged.evidence["extra_fooled"] >= 25
+    converged = run_checks(digits_cnn, x, y, checks=("steps",), eps=0.15, steps=10)[0]
     assert converged.status == "pass", converged.evidence
 
 
