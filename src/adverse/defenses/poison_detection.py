@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +31,15 @@ from ..poisoning.metrics import TrainFn, backdoor_metrics, clean_accuracy, detec
 @dataclass
 class PoisonScores:
     """Per-sample suspicion ``scores`` (higher = more suspicious), the decision ``flagged`` at ``threshold``,
-    and what the method computed on the way (``details``)."""
+    what the method computed on the way (``details``), and ``notes``: plain sentences saying where the method's
+    assumptions do not hold for this model and data (empty when nothing was noticed)."""
 
     scores: torch.Tensor
     flagged: torch.Tensor
     threshold: float
     method: str
     details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def evaluate(self, is_poison: torch.Tensor, *, fpr: float = 0.05) -> dict:
         """AUROC, TPR at ``fpr`` and the decision's TPR/FPR against the true poison mask."""
@@ -59,107 +62,288 @@ def _class_features(model: nn.Module, data: Dataset, layer: str | nn.Module | No
         return features(model, data.x, layer).double()
 
 
+# ------------------------------------------------------------------------------------ activation clustering
+ANALYSES = ("relative-size", "silhouette", "exclusionary")
+
+
+@dataclass
+class _LabelClusters:
+    """One label's activations after reduction (``z``), their k-means clusters and the class silhouette."""
+
+    label: int
+    rows: np.ndarray
+    z: np.ndarray
+    assignment: np.ndarray
+    centres: np.ndarray
+    sizes: np.ndarray
+    silhouette: float
+
+
+def _cluster_label(label: int, rows: np.ndarray, a: np.ndarray, *, n_components: int, reduce: str,
+                   n_clusters: int, seed: int) -> _LabelClusters:
+    """Chen et al., Sec. 3: reduce one label's activations to ``n_components`` dimensions (FastICA in the paper,
+    or PCA), split them with k-means, and measure how well the split fits with the mean silhouette score."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA, FastICA
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import silhouette_score
+
+    a = a[:, a.std(axis=0) > 1e-9]  # dead ReLU units carry nothing and break ICA's whitening
+    if a.shape[1] == 0:
+        a = np.zeros((rows.size, 1))
+    k = max(1, min(n_components, a.shape[1], rows.size - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        red = PCA(k, random_state=seed) if reduce == "pca" else FastICA(k, random_state=seed, max_iter=1000)
+        z = red.fit_transform(a)
+        km = KMeans(n_clusters, n_init=10, random_state=seed).fit(z)
+    assignment = km.labels_
+    sizes = np.bincount(assignment, minlength=n_clusters) / rows.size
+    sil = (float(silhouette_score(z, assignment, sample_size=min(rows.size, 2000), random_state=seed))
+           if np.count_nonzero(sizes) > 1 else float("nan"))
+    return _LabelClusters(label, rows, z, assignment, km.cluster_centers_, sizes, sil)
+
+
+def _relative_size_analysis(lc: _LabelClusters, reference: int, size_threshold: float) -> np.ndarray:
+    """Chen et al.'s relative-size comparison: a cluster holding at most ``size_threshold`` of its label is
+    poisonous (the poisons are assumed to be a minority of the label)."""
+    return (lc.sizes <= size_threshold) & (np.arange(lc.sizes.size) != reference)
+
+
+def _silhouette_analysis(lc: _LabelClusters, reference: int, silhouette_threshold: float) -> np.ndarray:
+    """Chen et al.'s silhouette analysis: a label whose k-means split fits well (mean silhouette at least
+    ``silhouette_threshold``) holds two populations; its clusters other than the legitimate one are poisonous."""
+    poisoned = not math.isnan(lc.silhouette) and lc.silhouette >= silhouette_threshold
+    return np.full(lc.sizes.size, poisoned) & (np.arange(lc.sizes.size) != reference)
+
+
+def exclusionary_reclassification(train_fn: TrainFn, data: Dataset, excluded: list[tuple[int, np.ndarray]], *,
+                                  threshold: float = 1.0, seed: int = 0) -> list[dict[str, Any]]:
+    """Exclusionary reclassification (Chen et al., Sec. 3.3): train a new model by ``train_fn(dataset, seed)``
+    without the ``excluded`` clusters (``(label, row indices)`` pairs), then classify each excluded cluster with it.
+
+    Let ``l`` be how many of a cluster's samples the new model gives their label and ``p`` how many it gives the
+    most frequent other label ``C``: the cluster is legitimate when ``l / p > threshold`` (the paper's T), and
+    otherwise poisonous with suspected source class ``C``. Also reported: ``claim``, the mean probability the new
+    model gives the best label other than the cluster's own (how strongly the other labels claim the cluster).
+    """
+    keep = torch.ones(len(data), dtype=torch.bool)
+    for _, rows in excluded:
+        keep[torch.from_numpy(rows)] = False
+    if not bool(keep.any()):
+        raise InputError("exclusionary reclassification would train on no data; every sample is in a tested cluster")
+    model = train_fn(Dataset(data.x[keep], data.y[keep], data.name, data.num_classes, data.bounds), seed)
+    out = []
+    with attack_mode(model), torch.no_grad():
+        for label, rows in excluded:
+            prob = torch.cat([F.softmax(model(data.x[torch.from_numpy(rows[i:i + 512])]).double(), dim=1)
+                              for i in range(0, rows.size, 512)])
+            counts = torch.bincount(prob.argmax(1), minlength=data.num_classes)
+            l_count = int(counts[label])
+            counts[label] = -1
+            source = int(counts.argmax())
+            p_count = int(counts[source])
+            others = prob.clone()
+            others[:, label] = 0
+            legit = p_count == 0 or l_count / p_count > threshold
+            out.append({"label": label, "l": l_count, "p": p_count, "source": source, "legitimate": legit,
+                        "claim": float(others.max(1).values.mean())})
+    return out
+
+
+def _radius(lc: _LabelClusters, j: int) -> float:
+    """RMS distance of cluster ``j``'s members to its centre."""
+    inside = lc.assignment == j
+    return math.sqrt(float(np.mean(np.sum((lc.z[inside] - lc.centres[j]) ** 2, axis=1)))) if inside.any() else 0.0
+
+
+def _reference_distance(lc: _LabelClusters, reference: int) -> np.ndarray:
+    """Each sample's distance to the legitimate cluster's centre, in units of that cluster's RMS radius: the
+    continuous score (poisons sit far from their label's legitimate data; samples are ranked within clusters)."""
+    return np.linalg.norm(lc.z - lc.centres[reference], axis=1) / max(_radius(lc, reference), 1e-12)
+
+
+def _exclusionary_decision(groups: list[_LabelClusters], train_fn: TrainFn, data: Dataset, threshold: float,
+                           seed: int, notes: list[str]) -> tuple[dict[int, int], dict[int, np.ndarray], list]:
+    """Run the exclusionary test on every cluster except each label's largest; where a label fails, test its
+    largest cluster too. Returns the legitimate (reference) cluster and the poisonous clusters of each label."""
+    def clusters(lc: _LabelClusters, which) -> list[tuple[int, np.ndarray]]:
+        return [(lc.label, lc.rows[lc.assignment == j]) for j in which if lc.sizes[j] > 0]
+
+    reference = {lc.label: int(lc.sizes.argmax()) for lc in groups}
+    poisonous = {lc.label: np.zeros(lc.sizes.size, dtype=bool) for lc in groups}
+    tested = [(lc, j) for lc in groups for j in range(lc.sizes.size) if j != reference[lc.label] and lc.sizes[j] > 0]
+    first = exclusionary_reclassification(train_fn, data, [c for lc, j in tested for c in clusters(lc, [j])],
+                                          threshold=threshold, seed=seed)
+    verdicts = {(lc.label, j): v for (lc, j), v in zip(tested, first)}
+    failed = [lc for lc in groups if any(not verdicts[(lc.label, j)]["legitimate"]
+                                        for j in range(lc.sizes.size) if (lc.label, j) in verdicts)]
+    if failed:  # is the largest cluster legitimate without the rest of its label? (not when poisons are the majority)
+        second = exclusionary_reclassification(
+            train_fn, data, [c for lc in failed for c in clusters(lc, [reference[lc.label]])],
+            threshold=threshold, seed=seed)
+        for lc, v in zip(failed, second):
+            verdicts[(lc.label, reference[lc.label])] = v
+    for lc in groups:
+        vs = {j: verdicts[(lc.label, j)] for j in range(lc.sizes.size) if (lc.label, j) in verdicts}
+        bad = [j for j, v in vs.items() if not v["legitimate"]]
+        passed = [j for j, v in vs.items() if v["legitimate"]]
+        if bad and passed:
+            reference[lc.label] = max(passed, key=lambda j: lc.sizes[j])
+        elif bad:
+            radius = [_radius(lc, j) for j in range(lc.sizes.size)]
+            reference[lc.label] = min(bad, key=lambda j: radius[j])
+            notes.append(
+                f"label {lc.label}: no cluster is given its label by a model trained without it (each is a "
+                f"population of its own, so the rest of the label cannot vouch for it, as when poisons are as many "
+                f"as the legitimate samples); the legitimate cluster was taken to be the tightest (RMS radii "
+                f"{', '.join(f'{r:.2f}' for r in radius)}; poisons drawn from several labels spread wider)")
+        poisonous[lc.label] = np.array([j in bad and j != reference[lc.label] for j in range(lc.sizes.size)])
+    report = [{"label": lab, "cluster": j, **{k: v for k, v in verdict.items() if k != "label"}}
+              for (lab, j), verdict in sorted(verdicts.items())]
+    return reference, poisonous, report
+
+
 def activation_clustering(
     model: nn.Module, data: Dataset, *, n_components: int = 10, reduce: str = "pca", n_clusters: int = 2,
-    size_threshold: float = 0.35, layer: str | nn.Module | None = None, seed: int = 0,
+    analysis: str = "relative-size", size_threshold: float = 0.35, silhouette_threshold: float = 0.35,
+    train_fn: TrainFn | None = None, exclusion_threshold: float = 1.0, layer: str | nn.Module | None = None,
+    seed: int = 0,
 ) -> PoisonScores:
-    """Activation clustering: per label, reduce the last hidden layer's activations to ``n_components``
-    dimensions, split them with k-means into ``n_clusters`` clusters, and flag a cluster holding at most
-    ``size_threshold`` of its label (the relative-size analysis of Chen et al.).
+    """Activation clustering: per label, reduce the activations of a late layer to ``n_components`` dimensions,
+    split them with k-means into ``n_clusters`` clusters, and decide which clusters are poisonous with one of
+    Chen et al.'s three analyses.
 
-    Score of sample ``i`` in cluster ``c`` of its label: ``1 − |c| / n_label`` (the share of its label outside
-    its cluster), plus a tie-break in [−0.01, 0.01] — the normalized distance margin toward the smaller cluster
-    — so that samples within a cluster are ranked too. The decision is ``|c| / n_label ≤ size_threshold``.
+    * ``"relative-size"``: a cluster holding at most ``size_threshold`` of its label is poisonous.
+    * ``"silhouette"``: the clusters of a label whose split fits well (mean silhouette at least
+      ``silhouette_threshold``), other than its largest, are poisonous — whatever their size.
+    * ``"exclusionary"`` (needs ``train_fn``): exclusionary reclassification (see
+      :func:`exclusionary_reclassification`). Every cluster but each label's largest is tested with one
+      retraining; where a label fails, its largest cluster is tested with a second one. When no cluster of a
+      label passes (the poisons are at least as many as the label's legitimate samples, where the paper's test
+      and the size rule both break), the legitimate cluster is the tightest one (poisons drawn from several
+      labels spread wider), and ``notes`` says so.
+
+    Score of a sample: its distance to the centre of its label's legitimate cluster (the largest one, or the one
+    the exclusionary test keeps), in units of that cluster's RMS radius — continuous, comparable across labels,
+    and ranking samples within a cluster by distance.
 
     Parameters
     ----------
     model : the classifier trained on the (possibly poisoned) data; left as found.
     data : the training set to inspect (e.g. ``PoisonedData.dataset()``).
-    n_components : dimensions kept by the reduction.
-    reduce : "pca" (stable on small CNNs) or "ica" (FastICA, the paper's choice).
+    n_components : dimensions kept by the reduction (10 in the paper).
+    reduce : "pca" (default: on digits CNNs PCA gives AUROC 1.00 where FastICA gives 0.95–0.99;
+        benchmarks/BENCHMARKS.md) or "ica" (FastICA, the paper's choice).
     n_clusters : k of k-means (2 in the paper).
-    size_threshold : the largest relative cluster size that is flagged (the paper uses 0.35).
+    analysis : "relative-size", "silhouette" or "exclusionary".
+    size_threshold : the largest relative cluster size the relative-size analysis flags (0.35 in the paper).
+    silhouette_threshold : the mean silhouette above which the silhouette analysis calls a label poisoned.
+    train_fn : ``train_fn(dataset, seed) -> model``, the victim's training recipe (exclusionary analysis only).
+    exclusion_threshold : T of the exclusionary test (legitimate when ``l / p > T``).
     layer : the module whose input is the representation (default: the last ``nn.Linear``'s input, the paper's
-        "last hidden layer"). On :class:`adverse.zoo.SmallCNN` and 5 % BadNets on digits the convolutional
-        features (``layer="head.1"``) separate the poisons far better (TPR 1.00 vs 0.62; benchmarks/BENCHMARKS.md).
-    seed : for the reduction and k-means.
-
-    Notes
-    -----
-    The relative-size rule cannot flag poisons that make up more than ``size_threshold`` of their label: at 10 %
-    BadNets on digits they are half of the target label and nothing is found.
+        "last hidden layer"). On :class:`adverse.zoo.SmallCNN` the convolutional features (``layer="head.1"``,
+        :func:`adverse.evaluation.poisoning_suite.representation_layer`) separate BadNets poisons far better.
+    seed : for the reduction, k-means and the retrainings.
 
     Returns
     -------
-    PoisonScores; ``details`` has per-label cluster sizes and silhouette scores.
+    PoisonScores; ``details`` has per-label cluster sizes, silhouette scores and, for the exclusionary
+    analysis, each tested cluster's ``l``, ``p``, suspected source class and claim; ``notes`` says where the
+    chosen analysis's assumption does not hold.
 
     References
     ----------
     Chen, Carvalho, Baracaldo, Ludwig, Edwards, Lee, Molloy & Srivastava, "Detecting Backdoor Attacks on Deep
     Neural Networks by Activation Clustering", AAAI SafeAI workshop 2019 (arXiv:1811.03728, 2018).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA, FastICA
-    from sklearn.metrics import silhouette_score
-
     if reduce not in ("pca", "ica"):
         raise InputError(f"reduce must be 'pca' or 'ica', got {reduce!r}")
+    if analysis not in ANALYSES:
+        raise InputError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
+    if analysis == "exclusionary" and not callable(train_fn):
+        raise InputError("analysis='exclusionary' retrains the model: pass train_fn(dataset, seed) -> model "
+                         "(e.g. adverse.poisoning.trainer(SmallCNN, epochs=15))")
     size_threshold = check_rate(size_threshold, "size_threshold")
     if n_clusters < 2 or n_components < 1:
         raise InputError(f"need n_clusters ≥ 2 and n_components ≥ 1, got {n_clusters} and {n_components}")
     acts = _class_features(model, data, layer).cpu().numpy()
     y = data.y.cpu().numpy()
+    groups = [_cluster_label(int(c), rows, acts[rows], n_components=n_components, reduce=reduce,
+                             n_clusters=n_clusters, seed=seed)
+              for c in np.unique(y) if (rows := np.flatnonzero(y == c)).size > n_clusters]
+    notes: list[str] = []
+    reference = {lc.label: int(lc.sizes.argmax()) for lc in groups}
+    report: list = []
+    if analysis == "exclusionary":
+        reference, poisonous, report = _exclusionary_decision(groups, train_fn, data, exclusion_threshold, seed,
+                                                              notes)
+    elif analysis == "relative-size":
+        poisonous = {lc.label: _relative_size_analysis(lc, reference[lc.label], size_threshold) for lc in groups}
+    else:
+        poisonous = {lc.label: _silhouette_analysis(lc, reference[lc.label], silhouette_threshold) for lc in groups}
     scores = np.zeros(len(y))
     flagged = np.zeros(len(y), dtype=bool)
-    sizes, silhouettes = {}, {}
-    for c in np.unique(y):
-        rows = np.flatnonzero(y == c)
-        if rows.size <= n_clusters:
-            continue
-        a = acts[rows]
-        a = a[:, a.std(axis=0) > 1e-9]  # dead ReLU units carry nothing and break ICA's whitening
-        if a.shape[1] == 0:
-            continue
-        k = min(n_components, a.shape[1], rows.size - 1)
-        red = PCA(k, random_state=seed) if reduce == "pca" else FastICA(k, random_state=seed, max_iter=1000)
-        z = red.fit_transform(a)
-        km = KMeans(n_clusters, n_init=10, random_state=seed).fit(z)
-        lab = km.labels_
-        rel = np.bincount(lab, minlength=n_clusters) / rows.size
-        dist = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
-        d_own = dist[np.arange(rows.size), lab]
-        d_other = np.where(np.eye(n_clusters, dtype=bool)[lab], np.inf, dist).min(axis=1)
-        sign = np.where(rel[lab] <= 0.5, 1.0, -1.0)
-        scores[rows] = (1 - rel[lab]) + 0.01 * sign * (d_other - d_own) / (d_other + d_own + 1e-12)
-        flagged[rows] = rel[lab] <= size_threshold
-        sizes[int(c)] = rel.tolist()
-        silhouettes[int(c)] = float(silhouette_score(z, lab)) if len(set(lab)) > 1 else float("nan")
-    return PoisonScores(torch.from_numpy(scores).float(), torch.from_numpy(flagged), 1 - size_threshold,
+    for lc in groups:
+        scores[lc.rows] = _reference_distance(lc, reference[lc.label])
+        flagged[lc.rows] = poisonous[lc.label][lc.assignment]
+        second = np.sort(lc.sizes)[-2]
+        if analysis != "exclusionary" and lc.silhouette >= silhouette_threshold and second > size_threshold:
+            notes.append(
+                f"label {lc.label} splits clearly (silhouette {lc.silhouette:.2f}) into clusters of relative sizes "
+                f"{np.round(lc.sizes, 2).tolist()}: if one holds poisons, they are too large a share of the label "
+                f"for the size rule to tell which (it assumes poisons ≤ {size_threshold:g} of their label); use "
+                "analysis='exclusionary' with train_fn")
+    return PoisonScores(torch.from_numpy(scores).float(), torch.from_numpy(flagged), float("nan"),
                         "activation_clustering",
-                        {"cluster_sizes": sizes, "silhouette": silhouettes, "reduce": reduce,
-                         "n_components": n_components, "n_clusters": n_clusters})
+                        {"cluster_sizes": {lc.label: lc.sizes.tolist() for lc in groups},
+                         "silhouette": {lc.label: lc.silhouette for lc in groups},
+                         "legitimate_cluster": reference, "exclusionary": report, "analysis": analysis,
+                         "reduce": reduce, "n_components": n_components, "n_clusters": n_clusters}, notes)
+
+
+# ------------------------------------------------------------------------------------ spectral signatures
+def spectral_signature_scores(r: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tran, Li & Madry's outlier score for one label's representations ``r`` (n × d): with ``R̂`` their mean and
+    ``v`` the top right singular vector of ``r − R̂``, the score is ``τ_i = ((R_i − R̂) · v)²``.
+
+    ``centre=False`` projects the uncentred ``R_i`` instead, as the authors' released code and ART do.
+    Returns ``(τ, projection)``."""
+    rc = r - r.mean(0, keepdim=True)
+    v = torch.linalg.svd(rc, full_matrices=False).Vh[0]
+    proj = (rc if centre else r) @ v
+    return proj**2, proj
 
 
 def spectral_signatures(
     model: nn.Module, data: Dataset, *, expected_fraction: float = 0.1, multiplier: float = 1.5,
-    layer: str | nn.Module | None = None,
+    layer: str | nn.Module | None = None, centre: bool = True,
 ) -> PoisonScores:
     """Spectral signatures: per label, the squared projection of each centred representation on the top
-    singular vector, ``τ_i = ((R_i − R̄) · v)²``; the ``multiplier · ε · n_label`` highest are removed.
+    singular vector, ``τ_i = ((R_i − R̂) · v)²`` (:func:`spectral_signature_scores`); the ``multiplier · ε ·
+    n_label`` highest are removed from every label (1.5 ε in the paper).
 
-    Scores are ``τ_i`` divided by their label's mean (``σ₁² / n``), so that labels are comparable for AUROC.
+    Scores are ``τ_i`` divided by the square of the label's robust spread along ``v`` (1.4826 × the median
+    absolute deviation of the projections), so that labels are comparable for AUROC: within a label the order is
+    the paper's, and a label whose top direction is the ordinary variation of clean data gives scores near 1.
 
     Parameters
     ----------
     model : the classifier trained on the (possibly poisoned) data; left as found.
     data : the training set to inspect.
-    expected_fraction : ε, an upper bound on the poisoned share of a label.
+    expected_fraction : ε, an upper bound on the poisoned share of any one label.
     multiplier : removes ``multiplier · ε`` of every label (1.5 in the paper).
-    layer : the representation layer (default: the last ``nn.Linear``'s input).
+    layer : the representation (default: the last ``nn.Linear``'s input). The paper reads a late layer of its
+        ResNet; on :class:`adverse.zoo.SmallCNN` the convolutional features (``"head.1"``) are where BadNets poisons
+        separate (AUROC 1.00 at 1–5 % vs 0.54–0.89 on the last hidden layer; benchmarks/BENCHMARKS.md).
+    centre : project the centred representations (the paper) or the uncentred ones (the authors' code, ART).
 
     Returns
     -------
-    PoisonScores (the decision removes the same share of every label, so its FPR is high by design).
+    PoisonScores (the decision removes the same share of every label, so its FPR is high by design); ``notes``
+    says when ε is too large for the method's assumption that poisons are a small share of their label.
 
     References
     ----------
@@ -168,20 +352,28 @@ def spectral_signatures(
     eps = check_rate(expected_fraction, "expected_fraction")
     if multiplier <= 0:
         raise InputError(f"multiplier must be > 0, got {multiplier!r}")
+    if multiplier * eps >= 1:
+        raise InputError(f"multiplier · expected_fraction = {multiplier * eps:g} would remove every sample of every "
+                         "label; the method assumes poisons are a small share of their label")
     reps = _class_features(model, data, layer)
     y = data.y
     scores = torch.zeros(len(y), dtype=torch.float64)
     flagged = torch.zeros(len(y), dtype=torch.bool)
     for c in y.unique():
         rows = (y == c).nonzero().flatten()
-        r = reps[rows] - reps[rows].mean(0, keepdim=True)
-        v = torch.linalg.svd(r, full_matrices=False).Vh[0]
-        tau = (r @ v) ** 2
-        scores[rows] = tau / tau.mean().clamp_min(1e-300)
-        n_remove = min(math.ceil(multiplier * eps * rows.numel()), rows.numel())
+        tau, proj = spectral_signature_scores(reps[rows], centre=centre)
+        spread = 1.4826 * (proj - proj.median()).abs().median()
+        scores[rows] = tau / spread.clamp_min(1e-12) ** 2
+        n_remove = min(math.ceil(multiplier * eps * rows.numel() - 1e-9), rows.numel())
         flagged[rows[tau.argsort(descending=True)[:n_remove]]] = True
+    notes = []
+    if multiplier * eps >= 0.5:
+        notes.append(f"the removal takes {multiplier * eps:.0%} of every label: ε = {eps:g} is beyond the paper's "
+                     "setting (poisons a small share of their label, where the top singular direction separates them "
+                     "from the majority); at half of a label or more the squared projection cannot tell the poisons "
+                     "from the legitimate samples")
     return PoisonScores(scores.float(), flagged, float("nan"), "spectral_signatures",
-                        {"expected_fraction": eps, "multiplier": multiplier})
+                        {"expected_fraction": eps, "multiplier": multiplier, "centre": centre}, notes)
 
 
 def _strip_entropy(model: nn.Module, x: torch.Tensor, overlays: torch.Tensor, n: int, blend: str,
@@ -384,12 +576,16 @@ def neural_cleanse(
 @dataclass
 class FinePruningResult:
     """The repaired copy of the model, the pruned channels (in pruning order), each channel's mean clean
-    activation, and clean accuracy before pruning, after pruning and after fine-tuning."""
+    activation, clean accuracy before pruning, after pruning and after fine-tuning, the ``history`` of the repair
+    (one entry per pruning step and one after fine-tuning: channels pruned, clean accuracy, and whatever the
+    ``monitor`` measured, e.g. ASR), and ``notes`` saying where the method's assumptions do not hold."""
 
     model: nn.Module
     pruned: torch.Tensor
     activation: torch.Tensor
     accuracy: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _last_conv(model: nn.Module) -> nn.Module:
@@ -399,29 +595,72 @@ def _last_conv(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
+def prune_by_activation(model: nn.Module, conv: nn.Conv2d, x_clean: torch.Tensor, y_clean: torch.Tensor, *,
+                        max_accuracy_drop: float, max_fraction: float,
+                        monitor: Callable[[nn.Module], dict] | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """The pruning defense of Liu et al. (Sec. 4.1): rank the channels of ``conv`` by their mean activation on
+    clean inputs and remove them in increasing order for as long as clean accuracy stays within
+    ``max_accuracy_drop`` of the unpruned model's (at most ``max_fraction`` of the channels). Channels are removed by
+    a gate on the layer's output during the search; the model is returned with the gate removed.
+
+    Returns ``(pruned channels in order, mean activation per channel, history)``; history has one entry per
+    number of pruned channels tried (``pruned``, ``clean_accuracy`` and the ``monitor``'s measurements)."""
+    acts: list[torch.Tensor] = []
+    handle = conv.register_forward_hook(lambda _m, _i, out: acts.append(out.clamp_min(0).mean((0, 2, 3))))
+    with torch.no_grad():
+        model(x_clean)
+    handle.remove()
+    activation = acts[0]
+    order = activation.argsort()
+    keep = torch.ones(conv.out_channels)
+    gate = conv.register_forward_hook(lambda _m, _i, out: out * keep.view(1, -1, 1, 1))
+
+    def measure(n: int) -> dict[str, Any]:
+        return {"stage": "pruned", "pruned": n, "clean_accuracy": clean_accuracy(model, x_clean, y_clean),
+                **(monitor(model) if monitor is not None else {})}
+
+    history = [measure(0)]
+    n_pruned = 0
+    for j in range(int(max_fraction * conv.out_channels)):
+        keep[order[j]] = 0
+        step = measure(j + 1)
+        history.append(step)
+        if step["clean_accuracy"] < history[0]["clean_accuracy"] - max_accuracy_drop:
+            break
+        n_pruned = j + 1
+    gate.remove()
+    return order[:n_pruned], activation, history
+
+
 def fine_pruning(
     model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, *, layer: str | nn.Module | None = None,
     max_accuracy_drop: float = 0.04, max_fraction: float = 0.9, fine_tune_epochs: int = 5, lr: float = 1e-3,
-    bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
+    monitor: Callable[[nn.Module], dict] | None = None, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
 ) -> FinePruningResult:
     """Fine-Pruning: prune the channels of the last convolutional layer that clean inputs activate least
     (backdoor neurons hide there), in increasing order of mean activation, as long as clean accuracy stays within
-    ``max_accuracy_drop`` of the original (and at most ``max_fraction`` of the channels); then fine-tune on the
-    clean data. Pruning uses :func:`torch.nn.utils.prune.custom_from_mask` so fine-tuning cannot regrow the
-    pruned channels; the mask is made permanent at the end.
+    ``max_accuracy_drop`` of the original (:func:`prune_by_activation`); then fine-tune on the clean data.
+    Pruning uses :func:`torch.nn.utils.prune.custom_from_mask` so fine-tuning cannot regrow the pruned channels;
+    the mask is made permanent at the end.
 
     Parameters
     ----------
     model : the suspect classifier; left as found (the repair is a deep copy).
     x_clean, y_clean : clean data the defender holds (used for ranking, the stopping rule and fine-tuning).
-    layer : the ``nn.Conv2d`` to prune (default: the last one).
-    max_accuracy_drop, max_fraction : the stopping rule.
+    layer : the ``nn.Conv2d`` to prune (default: the last one, the paper's choice).
+    max_accuracy_drop : the stopping rule (4 % in the paper's experiments).
+    max_fraction : never prune more than this share of the channels.
     fine_tune_epochs, lr : fine-tuning with :func:`adverse.zoo.train_classifier` (0 epochs: prune only).
+    monitor : ``monitor(model) -> dict`` measured after every pruning step and after fine-tuning, e.g.
+        ``lambda m: {"asr": attack_success_rate(m, poisoned, x, y)}``; kept in ``history``.
     seed : fine-tuning randomness.
 
     Returns
     -------
-    FinePruningResult.
+    FinePruningResult; ``notes`` says when the layer is too small to prune, when the stopping rule ends on the
+    first channel or at ``max_fraction``, and (with a monitor that reports ``asr``) when pruning the idle channels
+    leaves the backdoor in place — the paper's premise that backdoor neurons are idle on clean inputs not holding.
 
     References
     ----------
@@ -442,25 +681,9 @@ def fine_pruning(
     conv = _last_conv(repaired) if layer is None else resolve_layer(repaired, layer)
     if not isinstance(conv, nn.Conv2d):
         raise InputError(f"layer must be an nn.Conv2d, got {type(conv).__name__}")
-    acts: list[torch.Tensor] = []
-    handle = conv.register_forward_hook(lambda _m, _i, out: acts.append(out.clamp_min(0).mean((0, 2, 3))))
-    with torch.no_grad():
-        repaired(x_clean)
-    handle.remove()
-    activation = acts[0]
-    order = activation.argsort()
-    keep = torch.ones(conv.out_channels)
-    gate = conv.register_forward_hook(lambda _m, _i, out: out * keep.view(1, -1, 1, 1))
-    acc0 = clean_accuracy(repaired, x_clean, y_clean)
-    n_pruned = 0
-    for j in range(int(max_fraction * conv.out_channels)):
-        keep[order[j]] = 0
-        if clean_accuracy(repaired, x_clean, y_clean) < acc0 - max_accuracy_drop:
-            keep[order[j]] = 1
-            break
-        n_pruned = j + 1
-    gate.remove()
-    pruned = order[:n_pruned]
+    pruned, activation, history = prune_by_activation(repaired, conv, x_clean, y_clean,
+                                                      max_accuracy_drop=max_accuracy_drop,
+                                                      max_fraction=max_fraction, monitor=monitor)
     mask = torch.ones_like(conv.weight)
     mask[pruned] = 0
     prune.custom_from_mask(conv, "weight", mask)
@@ -477,19 +700,50 @@ def fine_pruning(
     if conv.bias is not None:
         prune.remove(conv, "bias")
     repaired.eval()
+    acc_final = clean_accuracy(repaired, x_clean, y_clean)
+    history.append({"stage": "fine-tuned", "pruned": int(pruned.numel()), "clean_accuracy": acc_final,
+                    **(monitor(repaired) if monitor is not None else {})})
     return FinePruningResult(repaired, pruned, activation,
-                             {"original": acc0, "pruned": acc_pruned,
-                              "fine_tuned": clean_accuracy(repaired, x_clean, y_clean)})
+                             {"original": history[0]["clean_accuracy"], "pruned": acc_pruned, "fine_tuned": acc_final},
+                             history, _fine_pruning_notes(conv.out_channels, pruned, activation, history, max_fraction))
+
+
+def _fine_pruning_notes(channels: int, pruned: torch.Tensor, activation: torch.Tensor, history: list[dict],
+                        max_fraction: float) -> list[str]:
+    """Where Fine-Pruning's assumptions do not hold, in words."""
+    notes = []
+    if channels < 16:
+        notes.append(f"the pruned layer has only {channels} channels: too few for backdoor neurons to be separate "
+                     "from the ones clean inputs need")
+    if pruned.numel() == 0:
+        notes.append("removing even the least active channel costs more clean accuracy than allowed: nothing was "
+                     "pruned, so the repair is fine-tuning alone")
+    elif pruned.numel() >= int(max_fraction * channels):
+        notes.append(f"pruning stopped at max_fraction ({max_fraction:g} of the channels), not at the accuracy drop")
+    idle = int((activation[pruned] <= 1e-6).sum()) if pruned.numel() else 0
+    if "asr" in history[0] and pruned.numel():
+        last = next(h for h in reversed(history) if h["stage"] == "pruned" and h["pruned"] == pruned.numel())
+        if last["asr"] >= 0.5 * history[0]["asr"]:
+            notes.append(f"pruning {pruned.numel()} channels ({idle} of them never active on clean inputs) left the "
+                         f"ASR at {last['asr']:.2f} (from {history[0]['asr']:.2f}): on this model the backdoor does "
+                         "not live in the channels clean inputs leave idle, the paper's premise")
+        if history[-1]["asr"] >= 0.5:
+            notes.append(f"after fine-tuning the ASR is still {history[-1]['asr']:.2f}")
+    return notes
 
 
 __all__ = [
+    "ANALYSES",
     "FinePruningResult",
     "NeuralCleanseResult",
     "PoisonScores",
     "activation_clustering",
     "anomaly_index",
+    "exclusionary_reclassification",
     "fine_pruning",
     "neural_cleanse",
+    "prune_by_activation",
+    "spectral_signature_scores",
     "spectral_signatures",
     "strip",
 ]
