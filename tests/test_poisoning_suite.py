@@ -51,6 +51,7 @@ def test_activation_clustering_finds_the_poisons_and_removal_kills_the_backdoor(
     assert ac["before"] == {k: out["attacks"][1][k] for k in ("clean_accuracy", "attack_success_rate")}
     assert ac["after"]["attack_success_rate"] <= before - 0.5 and ac["after"]["clean_accuracy"] >= 0.9
     assert ac["after"]["removed"] >= 63 * ac["tpr"]
+    assert isinstance(ac["notes"], list) and all(isinstance(n, str) for n in ac["notes"])
 
 
 def test_spectral_signatures_row(suite):

@@ -145,7 +145,7 @@ def _detector_row(recipe: Recipe, name: str, model: nn.Module, poisoned: Poisone
         "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate")},
         "after": {"clean_accuracy": _finite(after["clean_accuracy"]), "attack_success_rate": _finite(after["asr"]),
                   "removed": int(q["flagged"])},
-        "seconds": time.perf_counter() - started,
+        "notes": list(scores.notes), "seconds": time.perf_counter() - started,
     }
 
 
@@ -193,8 +193,9 @@ def poisoning_suite(
         ``poison_rate``, ``n_poison``, ``attack_success_rate``, ``clean_accuracy``, ``seconds``; each detector row
         ``detector``, ``poison_rate``, ``params`` (layer and the detector's settings), ``auroc``, ``tpr``, ``fpr``,
         ``tpr_at_fpr`` (``{"0.05": ...}``), ``before`` (``clean_accuracy``, ``attack_success_rate`` of the poisoned
-        model), ``after`` (the same after removal and retraining, and ``removed``) and ``seconds``. Plain numbers
-        only; an undefined metric is ``None``.
+        model), ``after`` (the same after removal and retraining, and ``removed``), ``notes`` (sentences saying
+        where the detector's assumptions do not hold, e.g. poisons too large a share of their label for the size
+        rule) and ``seconds``. Plain numbers and strings only; an undefined metric is ``None``.
 
     Raises
     ------
