@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,10 +34,8 @@ from adverse.loading import load_data
 
 
 def _fast(n: int) -> settings:
-    """``n`` examples under the default profile, scaled with the active profile's ``max_examples`` (so the
-    "explore" profile runs many more)."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 100),
-                    suppress_health_check=[HealthCheck.too_slow])
+    """``n`` examples under the "ci" profile, more under "explore" (conftest.examples)."""
+    return settings(max_examples=examples(n), suppress_health_check=[HealthCheck.too_slow])
 
 
 def _write(path: Path, text: str | bytes) -> Path:
