@@ -117,6 +117,8 @@ def test_suite_bad_input(digits_cnn, data):
         ({"layer": "feature-selection:k=5", "train": train}, ["recipe"]),
         ({"layer": "magnet:threshold=2", "train": train}, ["threshold", "[0, 1]"]),
         ({"layer": None, "train": train}, ["needs a layer", "--defense"]),
+        ({"layer": "feature-selection", "train": train}, ["needs k", "feature-selection:k="]),
+        ({"layer": "pca:k=twenty", "train": train}, ["k"]),
     ]
     for kwargs, words in cases:
         with pytest.raises(AdverseError) as info:

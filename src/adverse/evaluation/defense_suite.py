@@ -109,6 +109,12 @@ def build_layer(spec: str | Mapping[str, Any], *, bounds: tuple[float, float] = 
     """The (unfitted) layer ``spec`` names, with the data's ``bounds`` and the ``seed``."""
     name, options = parse_layer(spec)
     accepted = _parameters(name)
+    params = inspect.signature(_class(name).__init__).parameters.values()
+    missing = [p.name for p in params if p.name != "self" and p.default is p.empty and p.name not in options
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        example = ",".join(f"{m}=..." for m in missing)
+        raise InputError(f"the {name} defense needs {', '.join(missing)}: e.g. --defense {name}:{example}")
     extra = {k: v for k, v in (("bounds", tuple(bounds)), ("seed", seed)) if k in accepted}
     return _class(name)(**options, **extra)
 
