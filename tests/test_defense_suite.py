@@ -176,3 +176,18 @@ steps = 5
     bad.write_text('[defense]\nlayer = "magnet"\nsteepness = 3\n')
     r = CliRunner().invoke(app, ["audit", "--config", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "steepness" in r.output
+
+
+def test_giving_a_defense_to_the_audit_runs_its_suite(digits_cnn, data):
+    from adverse.evaluation import audit
+
+    train, test = data
+    r = audit(digits_cnn, test.subset(20), train_data=train, eps=0.3, attacks=["fgsm"], checks=False,
+              minimal_norm=False, autoattack=None, examples=False, suites=None, certify={"n": 5, "n0": 10, "samples": 10},
+              defense={"layer": "median:kernel_size=2", "n": 10, "steps": 2})
+    assert r.suites[-1] == "defense" and r.defense["n"] == 10 and r.config["defense"]["layer"].startswith("median")
+    assert r.defense["adaptive_attacks"] == ["pgd-bpda", "pgd-exact"]
+    with pytest.raises(AdverseError, match="black box"):
+        from adverse.models import BlackBox
+
+        audit(BlackBox(lambda x: digits_cnn(x)), test.subset(5), suites=["defense"], defense={"layer": "jpeg"})
