@@ -1,5 +1,5 @@
-"""The certification suite: IBP and randomized-smoothing certified accuracy on the digits CNN, its consistency with
-the certifiers it calls, the skipped IBP entry, JSON-readiness and bad input."""
+"""The certification suite: IBP and randomized-smoothing certified accuracy on the digits CNN and a ResNet-style
+model, its consistency with the certifiers it calls, the skipped IBP entry, JSON-readiness and bad input."""
 
 from __future__ import annotations
 
@@ -96,6 +96,42 @@ def test_unsupported_layer_skips_ibp_and_l2_skips_it_too():
     assert _method(out, "ibp")["status"] == "skipped" and "L∞" in _method(out, "ibp")["reason"]
     rows = _method(out, "smoothing")["rows"]
     assert [r["radius"] for r in rows] == [0.25, 0.5] and all("linf_eps" not in r for r in rows)
+
+
+class Gated(nn.Module):
+    """``h ⊙ sigmoid(h)`` on top of a model: a product of two bounded tensors, which IBP refuses."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inner(x)
+        return h * torch.sigmoid(h)
+
+
+def test_resnet_with_inline_normalization_is_certified_and_an_unsupported_op_is_skipped():
+    """A ResNet-style model (BatchNorm, 1×1 shortcuts, global average pooling, ``(x − mean) / std`` in forward) is
+    certified by IBP; the same model with a gated output is reported as skipped, naming the operation."""
+    from resnet_models import digits_resnet
+
+    from adverse.zoo import train_classifier
+
+    data = digits("test")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = train_classifier(digits_resnet(width=4, batch_norm=True), digits("train"), epochs=5, lr=1e-2, seed=0)
+    out = certify_suite(model, data, eps=(0.0, 0.01), n=20, samples=100, n0=50)
+    ibp = _method(out, "ibp")
+    assert ibp["status"] == "ok" and [r["eps"] for r in ibp["rows"]] == [0.0, 0.01]
+    assert ibp["rows"][0]["certified_accuracy"] == out["clean_accuracy"] > 0.5
+    assert ibp["rows"][1]["certified_accuracy"] <= out["clean_accuracy"]
+    out = certify_suite(Gated(model), data, eps=(0.01,), n=5, samples=100, n0=50)
+    ibp = _method(out, "ibp")
+    assert ibp["status"] == "skipped" and "rows" not in ibp
+    assert "function mul of two bounded tensors" in ibp["reason"] and "not affine" in ibp["reason"]
+    assert _method(out, "smoothing")["status"] == "ok"
+    json.dumps(out, allow_nan=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [
