@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..validation import validated
 
 Tensor = torch.Tensor
 GRADIENTS = ("exact", "bpda", "eot")
@@ -127,6 +128,7 @@ class BitDepth(Preprocessor):
     Xu, Evans & Qi, NDSS 2018; Athalye, Carlini & Wagner, ICML 2018.
     """
 
+    @validated
     def __init__(self, bits: int = 1, gradient: str = "bpda", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__(gradient, bounds)
         if not isinstance(bits, int) or not 1 <= bits <= 8:
@@ -154,6 +156,7 @@ class JPEG(Preprocessor):
 
     differentiable = False
 
+    @validated
     def __init__(self, quality: int = 75, gradient: str = "bpda", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__(gradient, bounds)
         if not isinstance(quality, int) or not 1 <= quality <= 95:
@@ -192,6 +195,7 @@ class MedianFilter(Preprocessor):
     Xu, Evans & Qi, NDSS 2018.
     """
 
+    @validated
     def __init__(self, kernel_size: int = 3, gradient: str = "exact", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__(gradient, bounds)
         if not isinstance(kernel_size, int) or kernel_size < 2:
@@ -224,6 +228,7 @@ class GaussianNoise(Preprocessor):
 
     randomized = True
 
+    @validated
     def __init__(self, sigma: float = 0.1, gradient: str = "eot", bounds: tuple[float, float] = (0.0, 1.0),
                  seed: int = 0) -> None:
         super().__init__(gradient, bounds, seed)
@@ -258,6 +263,7 @@ class RandomResizePad(Preprocessor):
 
     randomized = True
 
+    @validated
     def __init__(self, min_scale: float = 0.75, pad_value: float | None = None, gradient: str = "eot",
                  bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> None:
         super().__init__(gradient, bounds, seed)
