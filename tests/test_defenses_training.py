@@ -288,7 +288,7 @@ def test_adversarial_training_holds_under_apgd(method, undefended_rob, digits_te
     adversarial_training(model, digits("train"), method, eps=0.2, steps=3, epochs=8, lr=2e-3, batch_size=64,
                          schedule="cosine", seed=0)
     r = apgd(model, digits_test.x[:200], digits_test.y[:200], eps=0.2, steps=50, seed=0)
-    assert undefended_rob <= 0.05
+    assert undefended_rob <= 0.1  # measured 0.05 (10 of 200) for digits-cnn trained with seed 2, less for 0 and 1
     assert r.clean_accuracy >= 0.85
     assert r.robust_accuracy >= 0.35, r.robust_accuracy  # measured: PGD-AT 0.425, TRADES 0.55 (clean 0.95, 0.975)
 
