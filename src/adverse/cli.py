@@ -140,12 +140,26 @@ def audit(
     model: Annotated[
         Path | None,
         typer.Option("--model", help="Model file: .safetensors (with --arch), .pt2 (torch.export), TorchScript, "
-                                     ".pt state dict (with --arch), .onnx.", show_default="the bundled digits CNN"),
+                                     ".pt state dict or checkpoint (with --arch), .onnx; or a Hugging Face "
+                                     "save_pretrained folder (config.json + model.safetensors; pip install "
+                                     "'adverse[hf]').", show_default="the bundled digits CNN"),
     ] = None,
     arch: Annotated[
         str | None,
         typer.Option("--arch", help="Architecture for weights-only files: SmallCNN, MLP, a zoo recipe, or "
                                     "package.module:factory."),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option("--mean", help="Per-channel means the model's inputs are normalized with, e.g. "
+                                    "0.485,0.456,0.406 (or one value for all channels): puts adverse.Normalize(mean, "
+                                    "std) in front of the model, so it takes inputs in [0, 1]. With --std.",
+                     show_default="none; a Hugging Face folder's preprocessor_config.json"),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option("--std", help="Per-channel standard deviations, e.g. 0.229,0.224,0.225 (or one value). With "
+                                   "--mean."),
     ] = None,
     data: Annotated[
         str | None,
@@ -217,7 +231,8 @@ def audit(
         out_dir.mkdir(parents=True, exist_ok=True)
         loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
                        settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"),
-                       label_column=settings.pop("label_column"), trust_code=settings.pop("trust_code"))
+                       label_column=settings.pop("label_column"), trust_code=settings.pop("trust_code"),
+                       mean=settings.pop("mean"), std=settings.pop("std"))
         runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
         result = _run_audit(settings, loaded, out_dir, runner, err)
         path = result.save(out_dir)
@@ -296,10 +311,12 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
     _check_limits(pick(args["threads"], cfg.get("threads"), None), pick(args["steps"], ev.get("steps"), None),
                   eps, pick(args["seed"], cfg.get("seed"), 0))
+    normalize = {k: _parse_values(f"--{k}", args[k]) if args[k] is not None else mdl.get(k) for k in ("mean", "std")}
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
         "model_file": pick(args["model"], mdl.get("file"), None),
         "arch": pick(args["arch"], mdl.get("arch"), None),
+        **normalize,
         "trust_pickle": args["trust_pickle"] or bool(mdl.get("trust_pickle", False)),
         "trust_code": args["trust_code"] or bool(mdl.get("trust_code", False)),
         "data_spec": pick(args["data"], dat.get("test"), None),
@@ -320,6 +337,22 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
             **_defense_options(args["defense"], cfg.get("defense")),
         },
     }
+
+
+def _parse_values(flag: str, value: str) -> list[float]:
+    """``"0.485,0.456,0.406"`` → ``[0.485, 0.456, 0.406]`` for --mean/--std (checked further by
+    :func:`adverse.loading.check_normalization`)."""
+    from .errors import AdverseError
+
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        if not value.strip() or not all(parts):
+            raise ValueError
+        return [float(p) for p in parts]
+    except ValueError:
+        raise AdverseError(f"invalid value for {flag}: {value!r} is not a comma-separated list of numbers; give one "
+                           f"value per channel, e.g. {flag} {'0.485,0.456,0.406' if flag == '--mean' else '0.229,0.224,0.225'}, "
+                           "or one value for all channels") from None
 
 
 def _defense_options(flag: str | None, table: dict[str, Any] | None) -> dict[str, Any]:
@@ -417,10 +450,13 @@ def _executor(name: str, address: str | None) -> Any:
 
 
 def _load(model: Path | str | None, arch: str | None, data: str | None, train: str | None, recipe: str | None,
-          trust_pickle: bool, label_column: str | int | None = None, trust_code: bool = False) -> dict[str, Any]:
-    """The user's model, data, training data and recipe (None for the bundled default), and what to record."""
+          trust_pickle: bool, label_column: str | int | None = None, trust_code: bool = False,
+          mean: Any = None, std: Any = None) -> dict[str, Any]:
+    """The user's model, data, training data and recipe (None for the bundled default), and what to record. The
+    data's shape is checked against what the model file says it takes (its normalization's channels, a Hugging
+    Face folder's input size) before anything runs."""
     from .errors import AdverseError
-    from .loading import load_data, load_model, load_recipe
+    from .loading import check_input_shape, load_data, load_model, load_recipe, model_info
 
     loaded: dict[str, Any] = {"model": None, "data": None, "train_data": None,
                               "recipe": load_recipe(recipe) if recipe is not None else None, "info": {}}
@@ -431,14 +467,20 @@ def _load(model: Path | str | None, arch: str | None, data: str | None, train: s
             raise AdverseError("--train-data needs --model and --data (the demo knows its own training data)")
         if label_column is not None:
             raise AdverseError("--label-column needs --data with a .csv file")
+        if mean is not None or std is not None:
+            raise AdverseError("--mean/--std need --model (the demo model normalizes nothing)")
         return loaded
     if model is None or data is None:
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
-    loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code)
+    loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code, mean=mean,
+                                 std=std)
     loaded["data"] = load_data(data, label_column=label_column)
+    check_input_shape(loaded["model"], loaded["data"].x.shape[1:], f"--data {data}")
     if train is not None:
         loaded["train_data"] = load_data(train, label_column=label_column)
-    loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe}
+        check_input_shape(loaded["model"], loaded["train_data"].x.shape[1:], f"--train-data {train}")
+    loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe,
+                      "loaded": model_info(loaded["model"])}
     return loaded
 
 
@@ -486,6 +528,13 @@ def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runn
         info = loaded["info"]
         if info:
             result.model.update(file=info["file"], arch=info["arch"])
+            found = info.get("loaded") or {}
+            if "normalize" in found and found.get("class"):
+                result.model["name"] = found["class"]  # the loaded class, not the Sequential of a normalization
+            result.model.update({k: found[k] for k in ("checkpoint", "format", "model_type", "input_shape",
+                                                       "input_shape_source") if k in found})
+            if "normalize" in found:
+                result.config["normalize"] = found["normalize"]
             result.data.update(spec=info["data"])
             if info["train"] is not None:
                 result.data.setdefault("train", {})["spec"] = info["train"]

@@ -9,10 +9,12 @@ with the list of known ones, so a typo never silently falls back to a default::
     out = "audit"                  # the output folder
 
     [model]
-    file = "model.safetensors"     # see adverse.loading.load_model
+    file = "model.safetensors"     # see adverse.loading.load_model (or a Hugging Face save_pretrained folder)
     arch = "SmallCNN"              # or "package.module:factory"
     trust_pickle = false
     trust_code = false             # load a .pt2 / TorchScript file without its code checks (see adverse.archives)
+    mean = [0.485, 0.456, 0.406]   # the inputs' normalization (or one number): adverse.Normalize(mean, std) is
+    std = [0.229, 0.224, 0.225]    # put in front of the model, as --mean/--std do
 
     [data]
     test = "test.npz"              # the data to audit on (see adverse.loading.load_data)
@@ -63,7 +65,8 @@ import tomllib
 from .errors import InputError
 
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str}
-MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool}
+MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool, "mean": (list, float, int),
+         "std": (list, float, int)}
 DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,

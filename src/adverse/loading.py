@@ -11,13 +11,21 @@ Models (:func:`load_model`):
                             dropout or batch statistics), and comes back as a module whose modules all say
                             ``training=False`` (torch refuses ``.eval()`` on it; the attacks handle it)
 TorchScript (``.pt`` …)     a ``torch.jit.save`` archive (TorchScript code), loaded only after the checks below
-``.pt`` / ``.pth`` / …      a ``torch.save``'d state dict, read with ``torch.load(weights_only=True)``; needs
-                            ``arch``. A pickled module is refused unless ``trust_pickle=True``: unpickling runs
-                            whatever code the file names
+``.pt`` / ``.pth`` / …      a ``torch.save``'d state dict or training checkpoint, read with
+                            ``torch.load(weights_only=True)``; needs ``arch``. The weights are the dict itself or
+                            the first of :data:`CHECKPOINT_KEYS` holding a state dict, with the prefixes of
+                            :data:`STRIPPED_PREFIXES` (``module.``, ``_orig_mod.``) removed (safetensors too);
+                            :func:`model_info` says which. A pickled module is refused unless
+                            ``trust_pickle=True``: unpickling runs whatever code the file names
+a folder                    a Hugging Face ``save_pretrained`` folder (``config.json`` + ``model.safetensors``),
+                            loaded through ``transformers`` without running code from it, with the normalization
+                            of its ``preprocessor_config.json`` in front (:mod:`adverse.hf`)
 ``.onnx``                   a torch module (white box) when onnx2torch is installed; otherwise a
                             :class:`~adverse.models.BlackBox` that runs the graph with onnxruntime on the CPU
                             (``pip install 'adverse[onnx]'``): score-based attacks only, no gradients
 ==========================  ==================================================================================
+
+``mean``/``std`` (``--mean``/``--std``) put :class:`~adverse.models.Normalize` in front of any loaded module.
 
 A black box from an ``.onnx`` file is told apart by :func:`is_black_box` (or ``isinstance(model, BlackBox)``);
 it also carries ``source_format = "onnx"``, ``white_box = False`` and ``path``. ONNX files hold a graph and
@@ -88,6 +96,7 @@ from __future__ import annotations
 import array
 import contextlib
 import csv
+import hashlib
 import importlib
 import io
 import logging
@@ -107,7 +116,8 @@ from . import archives
 from . import data as _data
 from .data import Dataset, digits, load_npz, tabular
 from .errors import InputError, ModelError
-from .models import BlackBox
+from .models import BlackBox, Normalize
+from .validation import validated
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -162,18 +172,144 @@ def load_recipe(spec: str) -> Any:
                      "'package.module:function' (a function recipe(dataset, seed) -> trained model)")
 
 
-def _with_weights(model: nn.Module, state: Any, path: Path) -> nn.Module:
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ModelError(f"{path} does not hold a state dict of tensors")
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "state_dict_ema",
+                   "model_ema", "ema_state_dict", "ema")
+"""Where a checkpoint may keep its weights, in the order they are looked for: a dict whose values are all tensors is
+the state dict itself; otherwise the first of these keys that holds one (Lightning and timm write ``state_dict``,
+the PyTorch tutorials ``model_state_dict``, torchvision's and DeiT's training scripts ``model``; the EMA copies
+``state_dict_ema``/``model_ema``/``ema_state_dict``/``ema`` come last, used only when nothing else holds
+weights). :func:`model_info` says which key was used."""
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+"""Prefixes removed from every key when all keys carry one and the architecture's own keys do not:
+``module.`` (``nn.DataParallel`` / ``DistributedDataParallel``) and ``_orig_mod.`` (``torch.compile``), in any
+nesting. Nothing else is renamed; the weights must then match the architecture exactly (strict)."""
+
+
+def _is_state_dict(value: Any) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()))
+
+
+@validated
+def checkpoint_weights(state: Any, path: str | Path = "the checkpoint") -> tuple[dict[str, torch.Tensor], str | None]:
+    """The state dict in a loaded checkpoint and the key it was found under (None: the top level); see
+    :data:`CHECKPOINT_KEYS`. Raises :class:`ModelError` naming the keys found when none holds tensors."""
+    if _is_state_dict(state):
+        return state, None
+    if isinstance(state, dict):
+        for key in CHECKPOINT_KEYS:
+            if _is_state_dict(state.get(key)):
+                return state[key], key
+        keys = [repr(k) for k in list(state)[:12]] + (["..."] if len(state) > 12 else [])
+        raise ModelError(
+            f"{path} holds a dict with keys [{', '.join(keys)}], but neither it nor any of {', '.join(CHECKPOINT_KEYS)} "
+            "is a state dict of tensors; save model.state_dict() (alone, or under 'state_dict')")
+    raise ModelError(f"{path} does not hold a state dict of tensors (it holds a {type(state).__name__}); save "
+                     "model.state_dict()")
+
+
+@validated
+def strip_prefixes(state: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with the wrapper prefixes of :data:`STRIPPED_PREFIXES` removed where every key carries one and
+    ``model``'s own keys do not, and the prefixes removed, in order."""
+    own = list(model.state_dict())
+    stripped: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if (state and all(k.startswith(prefix) for k in state)
+                    and not any(k.startswith(prefix) for k in own)):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped.append(prefix)
+                changed = True
+    return state, stripped
+
+
+def _with_weights(model: nn.Module, state: Any, path: Path, info: dict[str, Any] | None = None) -> nn.Module:
+    state, key = checkpoint_weights(state, path)
+    state, stripped = strip_prefixes(state, model)
+    if info is not None and (key is not None or stripped):
+        info["checkpoint"] = {"key": key, "stripped_prefixes": stripped}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelError(f"{path} does not match the architecture: {str(e).splitlines()[0]} "
+        where = (f" (the weights under {key!r}" + (f", prefixes {stripped} stripped" if stripped else "") + ")"
+                 if key is not None or stripped else "")
+        raise ModelError(f"{path} does not match the architecture{where}: {str(e).splitlines()[0]} "
                          "(check --arch)") from e
     return model
 
 
 _SOURCES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_INFO: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+@validated
+def model_info(model: Any) -> dict[str, Any]:
+    """What :func:`load_model` learnt while loading ``model`` (empty for a model built in memory):
+
+    ``class`` (the loaded module's class name, before any normalization in front), ``checkpoint`` (``key``: where in
+    the checkpoint the weights were, None for the top level; ``stripped_prefixes``), ``format``
+    (``"transformers"`` for a Hugging Face folder, with ``model_type``), ``input_shape`` (channels, height, width)
+    and ``input_shape_source`` when the folder fixes them, and ``normalize`` (``mean``, ``std``, ``source``: the
+    file it was read from, or ``"given"``) when a :class:`~adverse.models.Normalize` was put in front."""
+    try:
+        return dict(_INFO.get(model) or {})
+    except TypeError:
+        return {}
+
+
+MAX_NORMALIZE_VALUES = 4096
+"""The most values ``mean``/``std`` may list (one per channel)."""
+
+
+@validated
+def check_normalization(mean: Any, std: Any) -> tuple[list[float], list[float]]:
+    """``mean`` and ``std`` (a number, or one number per channel) as lists, checked: finite numbers, std > 0, at
+    most :data:`MAX_NORMALIZE_VALUES` values, and as many of each unless one of them is a single value. Raises
+    :class:`InputError` naming the fix."""
+    def values(v: Any, name: str) -> list[float]:
+        items = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not items or len(items) > MAX_NORMALIZE_VALUES or not all(
+                isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
+            raise InputError(f"{name} must be a number or a list of numbers (one per channel, e.g. 0.485,0.456,0.406), "
+                             f"got {str(v)[:100]}")
+        out = [float(i) for i in items]
+        if not all(np.isfinite(out)):
+            raise InputError(f"{name} must hold finite numbers, got {out[:8]}")
+        return out
+
+    m, s = values(mean, "mean"), values(std, "std")
+    if any(v <= 0 for v in s):
+        raise InputError(f"std must be > 0 for every channel, got {s[:8]}; inputs are divided by it")
+    if len(m) != len(s) and 1 not in (len(m), len(s)):
+        raise InputError(f"mean has {len(m)} values and std {len(s)}; give one value per channel for both (or one "
+                         "value for all channels)")
+    return m, s
+
+
+@validated
+def check_input_shape(model: Any, shape: tuple[int, ...] | torch.Size, data: str = "the data") -> None:
+    """Refuse inputs of per-sample ``shape`` that the loaded ``model`` cannot take, by what :func:`model_info`
+    knows: the channels of its normalization (a value per channel) and the input shape a Hugging Face folder
+    fixes. Raises :class:`InputError` naming the fix; models built in memory pass unchecked."""
+    info = model_info(model)
+    shape = tuple(int(d) for d in shape)
+    norm = info.get("normalize")
+    if norm is not None:
+        count = max(len(norm["mean"]), len(norm["std"]))
+        if count > 1 and (len(shape) < 1 or shape[0] != count):
+            flags = "--mean/--std (mean=, std=)" if norm.get("source") == "given" else norm.get("source")
+            raise InputError(f"the normalization ({flags}) has {count} values, one per channel, but {data} has "
+                             f"{shape[0] if shape else 0} channel(s) (inputs of shape {shape}); give one value per "
+                             "channel of the data, or one value for all")
+    expected = info.get("input_shape")
+    if expected is not None and tuple(expected) != shape:
+        c, h, w = expected
+        raise InputError(f"the model takes inputs of shape {tuple(expected)} ({c} channel(s), {h}×{w}, from "
+                         f"{info.get('input_shape_source')}), but {data} has {shape}; resize the images to {h}×{w} "
+                         f"with {c} channel(s) first, as the model was trained")
 
 
 def source_digest(model: Any) -> str | None:
@@ -185,10 +321,19 @@ def source_digest(model: Any) -> str | None:
         return None
 
 
+@validated
 def load_model(
-    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False, trust_code: bool = False
+    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False, trust_code: bool = False,
+    mean: float | list[float] | None = None, std: float | list[float] | None = None,
 ) -> nn.Module | BlackBox:
-    """Load a model file in eval mode; see the module docstring for the formats and what is checked.
+    """Load a model file (or a Hugging Face ``save_pretrained`` folder) in eval mode; see the module docstring for
+    the formats and what is checked.
+
+    ``mean`` and ``std`` (a number, or one per channel; both or neither, checked by :func:`check_normalization`)
+    put ``adverse.Normalize(mean, std)`` in front of the model, for a model trained on normalized inputs: the
+    returned model then takes inputs in the raw range (images in [0, 1]). For a Hugging Face folder they replace
+    the normalization read from its ``preprocessor_config.json``. What was loaded, from where, and with which
+    normalization is in :func:`model_info`.
 
     Returns a ``torch.nn.Module``, except for an ``.onnx`` file without onnx2torch installed: then a
     :class:`~adverse.models.BlackBox` (check with :func:`is_black_box`).
@@ -199,17 +344,61 @@ def load_model(
     archive that fails the checks of :mod:`adverse.archives` (pickled payloads, operators outside the pure
     tensor operators) when ``trust_code`` is False. Nothing in a refused file runs.
     """
+    from . import hf
+
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{p} is not a regular file; give the path of a model file" if p.exists()
+    given = None
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise InputError(f"{'std' if std is None else 'mean'} was not given: give both mean and std (--mean and "
+                             "--std), one value per channel or one value for all channels")
+        given = check_normalization(mean, std)
+    info: dict[str, Any] = {}
+    if p.is_dir() and hf.is_hf_folder(p):
+        if arch is not None:
+            raise ModelError(f"{p} is a Hugging Face folder: its config.json names the architecture; drop arch= (--arch)")
+        model, spec = hf.load_hf(p, trust_pickle=trust_pickle)
+        info.update(format="transformers", model_type=spec.model_type)
+        if spec.input_shape is not None:
+            info.update(input_shape=list(spec.input_shape), input_shape_source=spec.image_size_source)
+        if spec.mean is not None and given is None:
+            given_by: Any = (spec.mean, spec.std, spec.normalize_source)
+        else:
+            given_by = None
+        files = [hf.CONFIG, *([hf.PREPROCESSOR] if (p / hf.PREPROCESSOR).exists() else []), *spec.weights]
+        digest = hashlib.sha256()
+        for name in files:
+            digest.update(f"{name}\0{archives.sha256(p / name)}\0".encode())
+        source = digest.hexdigest()
+    elif not p.is_file():
+        raise ModelError((f"{p} is a folder without a config.json; give a model file, or a Hugging Face "
+                          "save_pretrained folder (config.json + model.safetensors)" if p.is_dir() else
+                          f"{p} is not a regular file; give the path of a model file") if p.exists()
                          else f"no such model file: {p}")
-    model = _load_model(p, arch, trust_pickle, trust_code)
+    else:
+        model = _load_model(p, arch, trust_pickle, trust_code, info)
+        given_by, source = None, archives.sha256(p)
+    if given is not None:
+        given_by = (*given, "given")
+    if given_by is not None:
+        if isinstance(model, BlackBox):
+            raise ModelError(f"{p} loads as a black box (no torch module), so mean/std (--mean/--std) cannot be put in "
+                             "front of it; put the normalization into the exported graph instead")
+        inner = model
+        model = nn.Sequential(Normalize(given_by[0], given_by[1]), inner).eval()
+        info["normalize"] = {"mean": list(given_by[0]), "std": list(given_by[1]), "source": given_by[2]}
+        info["class"] = type(inner).__name__
+    else:
+        info["class"] = type(model).__name__
     with contextlib.suppress(TypeError):
-        _SOURCES[model] = archives.sha256(p)
+        _SOURCES[model] = source
+        _INFO[model] = info
     return model
 
 
-def _load_model(p: Path, arch: str | None, trust_pickle: bool, trust_code: bool) -> nn.Module | BlackBox:
+
+def _load_model(p: Path, arch: str | None, trust_pickle: bool, trust_code: bool,
+                info: dict[str, Any] | None = None) -> nn.Module | BlackBox:
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -221,7 +410,7 @@ def _load_model(p: Path, arch: str | None, trust_pickle: bool, trust_code: bool)
             state = load_file(str(p))
         except Exception as e:  # safetensors raises its own error types
             raise ModelError(f"{p} is not a valid safetensors file ({e})") from e
-        return _with_weights(build_architecture(arch), state, p).eval()
+        return _with_weights(build_architecture(arch), state, p, info).eval()
     if suffix == ".onnx":
         return load_onnx(p)
     archive = archives.open_archive(p) if suffix == ".pt2" or zipfile.is_zipfile(p) else None
@@ -254,7 +443,7 @@ def _load_model(p: Path, arch: str | None, trust_pickle: bool, trust_code: bool)
         return state.eval()
     if arch is None:
         raise ModelError(f"{p} holds a state dict; name the architecture with arch= (--arch)")
-    return _with_weights(build_architecture(arch), state, p).eval()
+    return _with_weights(build_architecture(arch), state, p, info).eval()
 
 
 _TRAIN_ARGS = {"dropout": 2, "native_dropout": 2, "feature_dropout": 2, "alpha_dropout": 2,

@@ -8,12 +8,18 @@ scikit-learn estimator; it counts its queries and refuses to exceed ``max_querie
 sample) and computes input gradients with ``torch.autograd.grad``, so no ``.grad`` ever accumulates on the
 model's parameters. :func:`attack_mode` puts a model in eval mode with frozen parameters and restores exactly
 what it found.
+
+A model may answer with a logits tensor, a mapping or ``transformers`` ``ModelOutput`` holding ``logits``, or a
+tuple/list whose first element is the logits. :func:`as_classifier` is the one place where such an answer is
+unwrapped: every attack, sanity check and suite applies it where a user's model comes in (it wraps the model in
+:class:`LogitsOnly`, whose forward calls :func:`logits_of`); anything else is refused with a :class:`ModelError`
+naming what came back and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import BudgetError, ModelError
+from .validation import validated
 
 
 class Normalize(nn.Module):
@@ -33,6 +40,11 @@ class Normalize(nn.Module):
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if mean_t.numel() == 0 or std_t.numel() == 0:
+            raise ModelError("Normalize: mean and std need at least one value (one per channel, or one for all)")
+        if not (bool(torch.isfinite(mean_t).all()) and bool(torch.isfinite(std_t).all())):
+            raise ModelError(f"Normalize: mean and std must be finite numbers, got mean={mean_t.flatten().tolist()} "
+                             f"and std={std_t.flatten().tolist()}")
         if (std_t <= 0).any():
             raise ModelError("Normalize: std must be > 0")
         self.register_buffer("mean", mean_t)
@@ -95,9 +107,7 @@ def check_logits(out: Any, n: int | None = None, *, probabilities: bool = False)
     rows in [0, 1] summing to 1 are accepted too). The message names what came back and the fix; callers check a
     model's first batch with it."""
     if not torch.is_tensor(out):
-        what = type(out).__name__ + (f" of length {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
-        raise ModelError(f"the model returned a {what}, not a tensor of logits; make forward return the logits "
-                         "tensor of shape (n, classes)")
+        raise ModelError(f"the model returned {_describe(out)}, not a tensor of logits; {ACCEPTED_OUTPUTS}")
     if out.dim() != 2 or (n is not None and out.shape[0] != n):
         raise ModelError(
             f"the model returned shape {tuple(out.shape)} for {n if n is not None else 'a batch of'} inputs; it must "
@@ -123,9 +133,117 @@ def check_logits(out: Any, n: int | None = None, *, probabilities: bool = False)
         )
 
 
+ACCEPTED_OUTPUTS = ("make forward return the logits: a tensor of shape (n, classes), a mapping or transformers "
+                    "ModelOutput with a 'logits' entry, or a tuple/list whose first element is the logits tensor")
+"""The fix named when a model's answer holds no logits adverse can find."""
+
+
+def _describe(out: Any) -> str:
+    """What a model returned, in a few words, for messages: ``a str ('abc')``, ``a dict with keys ['a']``."""
+    name = type(out).__name__
+    a = f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    if isinstance(out, Mapping):
+        keys = [repr(k) for k in list(out.keys())[:8]]
+        more = ", ..." if len(out) > 8 else ""
+        return f"{a} with keys [{', '.join(keys)}{more}]" if keys else f"an empty {name}"
+    if isinstance(out, (tuple, list)):
+        if not out:
+            return f"an empty {name}"
+        kinds = ", ".join(type(v).__name__ for v in out[:4]) + (", ..." if len(out) > 4 else "")
+        return f"{a} of length {len(out)} ({kinds})"
+    if isinstance(out, (str, bytes)):
+        text = repr(out[:40]) + ("..." if len(out) > 40 else "")
+        return f"{a} ({text})"
+    if out is None:
+        return "None"
+    return a
+
+
+def _is_logits_like(v: Any) -> bool:
+    return torch.is_tensor(v) or isinstance(v, torch.fx.Proxy)
+
+
+@validated
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits in a model's answer; the one place where adverse unwraps a model's output.
+
+    ``out`` may be a tensor (returned as it is), a mapping with a ``"logits"`` entry (a dict, or a
+    ``transformers`` ``ModelOutput`` such as ``ImageClassifierOutput``: its ``logits``), or a tuple or list whose
+    first element is the logits tensor (what ``transformers`` models return with ``return_dict=False``; a named
+    tuple with a ``logits`` field gives that field). The value is taken as it is, without a copy, so gradients
+    flow through it; its shape and values are checked by :func:`check_logits` where a batch's answer is checked.
+    Anything else raises :class:`ModelError` naming what came back and the fix. (``torch.fx`` proxies pass
+    through, so a model wrapped by :class:`LogitsOnly` traces as the model itself.)
+    """
+    if _is_logits_like(out):
+        return out
+    if isinstance(out, Mapping):
+        if "logits" not in out:
+            raise ModelError(f"the model returned {_describe(out)} and no 'logits' entry; {ACCEPTED_OUTPUTS}")
+        value, where = out["logits"], "its 'logits' entry"
+    elif isinstance(out, (tuple, list)) and out:
+        fields = getattr(out, "_fields", None)
+        if fields is not None and "logits" in fields:
+            value, where = out.logits, "its 'logits' field"
+        else:
+            value, where = out[0], "its first element"
+    else:
+        raise ModelError(f"the model returned {_describe(out)}, not logits; {ACCEPTED_OUTPUTS}")
+    if not _is_logits_like(value):
+        raise ModelError(f"the model returned {_describe(out)} whose logits ({where}) are {_describe(value)}, not a "
+                         f"tensor; {ACCEPTED_OUTPUTS}")
+    return value
+
+
+class LogitsOnly(nn.Module):
+    """A model whose answer is reduced to its logits by :func:`logits_of`; build it with :func:`as_classifier`.
+
+    It adds no parameters, buffers or state: the user's model is its one submodule, ``.model``, so
+    :func:`attack_mode`, :func:`eval_mode` (exported modules included), ``parameters()``, ``buffers()`` and the
+    training flags are the model's own. ``torch.fx`` traces through it to the model's graph (submodules named
+    ``model.<name>``); :func:`base_model` gives the model back.
+    """
+
+    @validated
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"LogitsOnly wraps a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.training = bool(getattr(model, "training", False))  # its own flag only: the model's are not touched
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
+@validated
+def as_classifier(model: Any) -> Any:
+    """``model`` as a module whose forward returns a logits tensor: a ``torch.nn.Module`` is wrapped in
+    :class:`LogitsOnly` (once: a wrapped model comes back as it is); anything else (a :class:`BlackBox`, a
+    callable) is returned unchanged for the caller to judge.
+
+    Attacks (``evasion`` setup), the sanity checks, the audit and the privacy, poisoning and certification entry
+    points apply it to the model they are given, so a model returning a ``transformers`` ``ModelOutput``, a dict
+    with ``logits`` or a tuple works everywhere, and one returning anything else is refused with a
+    :class:`ModelError` at its first forward pass."""
+    if isinstance(model, LogitsOnly) or not isinstance(model, nn.Module):
+        return model
+    return LogitsOnly(model)
+
+
+@validated
+def base_model(model: Any) -> Any:
+    """The user's model inside :func:`as_classifier`'s wrapper (``model`` itself when it is not wrapped): for
+    names in messages, layer lookups by name and the model's file digest."""
+    while isinstance(model, LogitsOnly):
+        model = model.model
+    return model
+
+
 def expected_input(model: Any) -> str | None:
     """What a model's first weight layer takes, when it can be told (for messages): ``"its first weight layer,
     Linear(64 → 128), takes 64 features per input"``; None for anything else."""
+    model = base_model(model)
     if not isinstance(model, nn.Module):
         return None
     for name, m in model.named_modules():
@@ -150,10 +268,12 @@ def forward_failed(model: Any, x: torch.Tensor, error: BaseException) -> ModelEr
 
 
 def checked_logits(model: nn.Module, x: torch.Tensor, *, probabilities: bool = False) -> torch.Tensor:
-    """``model(x)`` in attack mode without gradients, checked by :func:`check_logits`; a forward pass that raises
-    on ``x`` (a shape the model does not take) becomes a :class:`ModelError` (:func:`forward_failed`)."""
+    """``model(x)``'s logits (unwrapped by :func:`as_classifier`) in attack mode without gradients, checked by
+    :func:`check_logits`; a forward pass that raises on ``x`` (a shape the model does not take) becomes a
+    :class:`ModelError` (:func:`forward_failed`)."""
     from .errors import AdverseError
 
+    model = as_classifier(model)
     try:
         with attack_mode(model), torch.no_grad():
             out = model(x)

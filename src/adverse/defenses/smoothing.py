@@ -31,7 +31,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import InputError
 from ..evasion._core import check_inputs, make_generator
-from ..models import attack_mode
+from ..models import as_classifier, attack_mode
 from ..zoo import train_classifier
 
 # σ larger than this many input ranges is almost surely given in the wrong units (e.g. 0–255 pixels).
@@ -199,6 +199,7 @@ def certify(
     Algorithm CERTIFY and Theorem 1.
     """
     _check(model, x, sigma, alpha, batch_size, bounds)
+    model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits
     _check_count("n0", n0)
     _check_count("n", n)
     if n0 > n:
@@ -258,6 +259,7 @@ def predict(
     Algorithm PREDICT and Proposition 1.
     """
     _check(model, x, sigma, alpha, batch_size, bounds)
+    model = as_classifier(model)
     _check_count("n", n)
     device = _device(model, x)
     generator, _ = make_generator(seed, device)

@@ -521,7 +521,9 @@ def audit(
 
     Parameters
     ----------
-    model : a torch module returning logits for inputs inside ``data.bounds``. None audits the bundled
+    model : a torch module returning logits for inputs inside ``data.bounds`` (a tensor, a mapping or
+        ``transformers`` ``ModelOutput`` with ``logits``, or a tuple whose first element is the logits: see
+        :func:`adverse.models.as_classifier`), or a :class:`~adverse.models.BlackBox`. None audits the bundled
         demo model (``adverse.zoo.pretrained("digits-cnn")``, trained once on first use and cached), with its
         training data and recipe known, so every suite applies.
     data : an :class:`adverse.data.Dataset` or a pair ``(x, y)`` (tensors or numpy arrays): the held-out data
@@ -580,7 +582,7 @@ def audit(
     from ..evasion.gradient import fgsm, pgd
     from ..evasion.square import square
     from ..execution import Task, get_executor, imap_tasks
-    from ..models import BlackBox
+    from ..models import BlackBox, as_classifier, base_model
     from ..threat import check_norm
     from ..zoo import train_with
 
@@ -641,7 +643,8 @@ def audit(
             raise InputError("pass the data to audit the model on, e.g. audit(model, adverse.data.load_npz(path))")
         dataset = _as_dataset(data)
         path = getattr(model, "path", None)  # a black box loaded from a file is named by it
-        model_info = {"name": Path(path).name if path is not None else type(model).__name__, "source": "user"}
+        model_info = {"name": Path(path).name if path is not None else type(base_model(model)).__name__,
+                      "source": "user"}
         data_info = {"name": dataset.name, "source": "user"}
         if train_data is not None:
             members = _as_dataset(train_data)
@@ -649,6 +652,8 @@ def audit(
                 raise InputError(f"train_data inputs have shape {tuple(members.x.shape[1:])} but data inputs "
                                  f"{tuple(dataset.x.shape[1:])}; both must come from the same task")
             data_info["train"] = {"name": members.name, "n": len(members)}
+    user_model = base_model(model)  # for the fingerprint (its file digest, its code)
+    model = as_classifier(model)  # once, for every suite: a ModelOutput, a dict with logits or a tuple → logits
     suite_list = _check_suites(suites, members is not None, recipe is not None)
     if defense is not None and suites is None:
         suite_list.append("defense")  # a defense to evaluate was given
@@ -706,7 +711,7 @@ def audit(
     key_config = dict(config, checks=checks, check_n=check_n, minimal_norm=minimal_norm, autoattack=autoattack,
                       autoattack_n=autoattack_n, recipe=repr(recipe),
                       members=None if members is None else _digest(members), data=_digest(full))
-    state = _Checkpoint(state_dir, _fingerprint(model, x, y, key_config))
+    state = _Checkpoint(state_dir, _fingerprint(user_model, x, y, key_config))
 
     def timed(name: str, compute: Callable[[], Any]) -> Any:
         """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""

@@ -161,12 +161,13 @@ def certify_suite(
 
     from ..defenses.smoothing import _check, _check_count, _device
     from ..evasion._core import check_labels
-    from ..models import checked_logits
+    from ..models import as_classifier, checked_logits
     from ..poisoning._common import check_eps, predict
     from ..threat import check_norm
 
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+    model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits (IBP traces through)
     dataset = _as_dataset(data)
     norm = check_norm(norm)
     eps_list = _check_eps(eps)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..models import attack_mode, looks_like_probabilities
+from ..models import as_classifier, attack_mode, looks_like_probabilities
 from ..threat import check_norm
 
 CHECKS = ("output", "determinism", "gradients", "eps_sweep", "steps", "single_vs_iterative", "black_box",
@@ -70,6 +70,7 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits
     with attack_mode(model), torch.no_grad():
         return model(x)
 
@@ -77,8 +78,12 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def check_output(model: nn.Module, x: torch.Tensor) -> Check:
     """Warn when the outputs are not usable logits: not a (n, classes) floating-point tensor, NaN or infinite
     values (predictions and attacks on them mean nothing: argmax of NaN is 0), or probabilities (rows in [0, 1]
-    that sum to 1: a final softmax)."""
-    out = _logits(model, x)
+    that sum to 1: a final softmax). An answer that holds no logits (see :func:`adverse.models.logits_of`) warns
+    with the reason."""
+    try:
+        out = _logits(model, x)
+    except ModelError as e:
+        return Check("output", "warn", str(e), {})
     if not torch.is_tensor(out) or out.dim() != 2 or out.shape[0] != x.shape[0] or not out.is_floating_point():
         what = (f"shape {tuple(out.shape)} of {out.dtype}" if torch.is_tensor(out) else f"a {type(out).__name__}")
         return Check("output", "warn", f"the model returns {what} for {x.shape[0]} inputs, not logits of shape "
@@ -118,6 +123,7 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shar
     """
     from ..evasion import margin_loss
 
+    model = as_classifier(model)
     with attack_mode(model), torch.enable_grad():
         xr = x.detach().clone().requires_grad_(True)
         out = model(xr)
@@ -292,6 +298,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     if unknown:
         raise InputError(f"unknown checks {sorted(unknown)}; choose from {', '.join(CHECKS)}")
     x, y = check_inputs(x, y, bounds)
+    model = as_classifier(model)  # once, for every check (adverse.models.logits_of)
     kw = {"eps": eps, "norm": norm, "bounds": bounds, "steps": steps, "seed": seed}
     # the steps, single-vs-iterative, black-box and transfer checks compare with the same PGD run: run it once
     shared: dict[str, Any] = {}

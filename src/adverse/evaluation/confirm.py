@@ -143,8 +143,9 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     import torch
 
     from ..evasion.gradient import pgd
-    from ..models import attack_mode
+    from ..models import as_classifier, attack_mode
 
+    model = as_classifier(model)
     r = pgd(model, x[:k], y[:k], eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
     with attack_mode(model), torch.no_grad():
         pred = model(r.x_adv).argmax(1)

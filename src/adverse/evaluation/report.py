@@ -697,6 +697,10 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
         cli.append("--no-checks")
     if user:
         cli += ["--model", str(model["file"])] + (["--arch", str(model["arch"])] if model.get("arch") else [])
+        given = cfg.get("normalize")
+        if isinstance(given, dict) and given.get("source") == "given":  # --mean/--std (a folder's own: implied)
+            cli += ["--mean", ",".join(repr(float(v)) for v in given.get("mean", [])),
+                    "--std", ",".join(repr(float(v)) for v in given.get("std", []))]
         cli += ["--data", str(data["spec"])]
         if "train" in data:
             cli += ["--train-data", str(data["train"]["spec"])]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..models import BlackBox, Counted, attack_mode, check_logits
+from ..models import BlackBox, Counted, as_classifier, attack_mode, check_logits
 from ..results import AttackResult
 from ..threat import as_eps, batch_view, check_norm, lp_norm
 
@@ -309,13 +309,16 @@ def setup(
 ) -> Iterator[Setup]:
     """Validate an attack's inputs, put the model in attack mode, run the clean forward pass.
 
-    ``eps=None`` marks a minimal-norm attack. Raises :class:`InputError` / :class:`ModelError` on bad input.
+    ``eps=None`` marks a minimal-norm attack. The model's answer is unwrapped to its logits by
+    :func:`adverse.models.as_classifier` (a ``ModelOutput``, a dict with ``logits``, a tuple). Raises
+    :class:`InputError` / :class:`ModelError` on bad input.
     """
     if isinstance(model, BlackBox) or not isinstance(model, nn.Module):
         raise ModelError(
             "this attack needs gradients: pass a torch.nn.Module returning logits "
             "(use a score- or decision-based attack for a BlackBox)"
         )
+    model = as_classifier(model)
     norm = check_norm(norm)
     if norm not in norms:
         raise InputError(f"this attack supports norms {', '.join(norms)}, not {norm!r}")

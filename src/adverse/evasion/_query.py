@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import BudgetError, InputError, ModelError
-from ..models import BlackBox, attack_mode, looks_like_probabilities
+from ..models import BlackBox, as_classifier, attack_mode, looks_like_probabilities
 from ..results import AttackResult
 from ..threat import as_eps, check_norm, lp_norm
 from ._core import Tracker, check_inputs, check_labels, make_generator
@@ -168,7 +168,7 @@ def query_setup(
         target = target.to(device=x.device, dtype=torch.long)
     generator, seed_used = make_generator(seed, x.device)
     x = x.detach()
-    module = model if isinstance(model, nn.Module) else None
+    module = as_classifier(model) if isinstance(model, nn.Module) else None  # its answer unwrapped to logits
     box = model if isinstance(model, BlackBox) else BlackBox(module if module is not None else model,
                                                             output="scores" if module is not None else None)
     if needs == "scores" and box.output == "labels":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models import as_classifier
 from ..results import AttackResult
 from ..threat import check_norm, lp_norm
 from ..validation import validated
@@ -33,7 +34,7 @@ class EOT(nn.Module):
     @validated
     def __init__(self, model: nn.Module, samples: int = 20) -> None:
         super().__init__()
-        self.model = model
+        self.model = as_classifier(model)  # its answer unwrapped to logits (adverse.models.as_classifier)
         self.samples = samples
 
     def forward(self, x: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelError
+from ..models import as_classifier
 from ..threat import batch_view, clip_to_box, linf_box, project
 from ..validation import validated
 from ._core import Setup, ascent_direction, get_loss, is_adversarial, momentum_update, relative_scale, setup
@@ -37,7 +38,7 @@ class _MeanLogits(nn.Module):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.members = nn.ModuleList(models)
+        self.members = nn.ModuleList(as_classifier(m) for m in models)  # each member's answer unwrapped to logits
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)

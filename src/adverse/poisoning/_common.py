@@ -82,6 +82,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
         return last_linear(model)
     if isinstance(layer, nn.Module):
         return layer
+    from ..models import base_model
+
+    model = base_model(model)  # names are the user's model's own, not those inside adverse's logits wrapper
     try:
         return model.get_submodule(layer)
     except AttributeError:
@@ -114,8 +117,9 @@ def features(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None = 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels of ``x`` in eval mode, without gradients; the model's state is restored."""
-    from ..models import attack_mode
+    from ..models import as_classifier, attack_mode
 
+    model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits
     with attack_mode(model), torch.no_grad():
         return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
 

@@ -75,8 +75,11 @@ def _result(data: Dataset, idx: torch.Tensor, x_poison: torch.Tensor, attack: st
 
 
 def _frozen_copy(model: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
-    """A private eval-mode copy of ``model`` whose parameters require grad; the caller's model is not touched."""
-    m = copy.deepcopy(model).eval()
+    """A private eval-mode copy of ``model`` whose parameters require grad, its answer unwrapped to logits
+    (:func:`adverse.models.as_classifier`); the caller's model is not touched."""
+    from ..models import as_classifier
+
+    m = as_classifier(copy.deepcopy(model)).eval()
     params = list(m.parameters())
     for p in params:
         p.requires_grad_(True)

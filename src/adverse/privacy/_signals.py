@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..models import attack_mode, check_logits
+from ..models import as_classifier, attack_mode, check_logits
 
 Tensor = torch.Tensor
 
@@ -36,12 +36,14 @@ def check_xy(x: Any, y: Any, name: str = "x") -> tuple[Tensor, Tensor]:
 def model_logits(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
     """The model's logits on ``x`` as float64, in eval mode, without gradients; the model's state is restored.
 
-    ``model`` is a ``torch.nn.Module`` (or a callable) returning logits (n, classes).
+    ``model`` is a ``torch.nn.Module`` (or a callable) returning logits (n, classes); a module's answer is
+    unwrapped by :func:`adverse.models.as_classifier` (a ``ModelOutput``, a dict with logits, a tuple).
     """
     if not isinstance(model, nn.Module) and not callable(model):
         raise ModelError(f"the model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     outs = []
     if isinstance(model, nn.Module):
+        model = as_classifier(model)
         with attack_mode(model), torch.no_grad():
             for i in range(0, x.shape[0], batch_size):
                 outs.append(model(x[i : i + batch_size]))

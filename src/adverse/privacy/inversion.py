@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelError
-from ..models import attack_mode, eval_mode
+from ..models import as_classifier, attack_mode, eval_mode
 from ..validation import validated
 from .label_only import predict_labels
 
@@ -166,6 +166,7 @@ def miface(
     if evaluator is None or evaluator is model:
         raise InputError("miface needs an independent evaluator classifier (not the attacked model) to score "
                          "reconstructions; train one on other data, ideally with another architecture")
+    model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits
     t = torch.as_tensor(classes)
     if t.dim() != 1 or t.dtype in (torch.bool, torch.float32, torch.float64) or t.numel() == 0:
         raise InputError("classes must be a non-empty 1-D integer tensor of target classes")
