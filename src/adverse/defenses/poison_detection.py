@@ -26,6 +26,7 @@ from ..models import attack_mode
 from ..poisoning._common import check_data, check_rate, features, resolve_layer
 from ..poisoning.data import PoisonedData
 from ..poisoning.metrics import TrainFn, backdoor_metrics, clean_accuracy, detection_quality, retrain
+from ..validation import validated
 
 
 @dataclass
@@ -206,6 +207,7 @@ def _exclusionary_decision(groups: list[_LabelClusters], train_fn: TrainFn, data
     return reference, poisonous, report
 
 
+@validated
 def activation_clustering(
     model: nn.Module, data: Dataset, *, n_components: int = 10, reduce: str = "pca", n_clusters: int = 2,
     analysis: str = "relative-size", size_threshold: float = 0.35, silhouette_threshold: float = 0.35,
@@ -317,6 +319,7 @@ def spectral_signature_scores(r: torch.Tensor, *, centre: bool = True) -> tuple[
     return proj**2, proj
 
 
+@validated
 def spectral_signatures(
     model: nn.Module, data: Dataset, *, expected_fraction: float = 0.1, multiplier: float = 1.5,
     layer: str | nn.Module | None = None, centre: bool = True,
@@ -392,6 +395,7 @@ def _strip_entropy(model: nn.Module, x: torch.Tensor, overlays: torch.Tensor, n:
     return out
 
 
+@validated
 def strip(
     model: nn.Module, x: torch.Tensor, x_clean: torch.Tensor, *, n: int = 32, frr: float = 0.05,
     blend: str = "add", bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
@@ -506,6 +510,7 @@ def anomaly_index(values: torch.Tensor) -> torch.Tensor:
     return (values - med).abs() / mad.clamp_min(1e-12)
 
 
+@validated
 def neural_cleanse(
     model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, *, num_classes: int | None = None,
     steps: int = 300, lr: float = 0.1, init_cost: float = 1e-3, batch_size: int = 64,
@@ -633,6 +638,7 @@ def prune_by_activation(model: nn.Module, conv: nn.Conv2d, x_clean: torch.Tensor
     return order[:n_pruned], activation, history
 
 
+@validated
 def fine_pruning(
     model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, *, layer: str | nn.Module | None = None,
     max_accuracy_drop: float = 0.04, max_fraction: float = 0.9, fine_tune_epochs: int = 5, lr: float = 1e-3,
