@@ -237,7 +237,7 @@ def test_deeply_nested_json(rich, tmp_path, depth):
 def test_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "results.json")
     code, err, _ = report(tmp_path, None)
-    assert code == 2 and "not a regular file" in err
+    assert code == 2 and "is a FIFO; adverse reads regular files only" in err
 
 
 @pytest.mark.parametrize("text, message", [

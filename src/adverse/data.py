@@ -19,8 +19,6 @@ and keep to these limits, read at every call, so a program may raise them (``adv
 from __future__ import annotations
 
 import math
-import os
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from . import files
 from .errors import InputError
 
 SPLITS = ("train", "test")
@@ -111,31 +110,10 @@ def purchase_like(n_samples: int = 4000, seed: int = 0) -> tuple[torch.Tensor, t
 
 def open_regular(path: str | Path, what: str = "data file") -> BinaryIO:
     """``path`` opened for reading in binary, after checking that it is a regular file of at most
-    ``MAX_FILE_BYTES`` (a FIFO, a device, a socket or a folder is refused, and never blocks: the descriptor is
-    opened non-blocking and checked with ``fstat`` before any byte is read)."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InputError(f"no such file: {p}") from None
-    except OSError as e:
-        raise InputError(f"cannot open the {what} {p}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-            raise InputError(f"the {what} {p} is {kind}; adverse reads regular files only")
-        if st.st_size > MAX_FILE_BYTES:
-            raise InputError(f"the {what} {p} has {st.st_size:,} bytes, more than the limit of {MAX_FILE_BYTES:,} "
-                             "(adverse.data.MAX_FILE_BYTES); split the data, or raise the limit if you trust the file")
-        if hasattr(os, "O_NONBLOCK"):  # regular files ignore it, but say what we mean
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    ``MAX_FILE_BYTES`` (:func:`adverse.files.open_regular`: a FIFO, a device, a socket or a folder is refused
+    without blocking)."""
+    return files.open_regular(path, what, MAX_FILE_BYTES, limit_hint="(adverse.data.MAX_FILE_BYTES); split the "
+                              "data, or raise the limit if you trust the file")
 
 
 _NPZ_FIX = "save data with numpy.savez(path, x=x, y=y)"

@@ -32,13 +32,13 @@ import contextlib
 import json
 import math
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .files import check_regular, read_regular
 from .validation import validated
 
 MAX_JSON_BYTES = 2**20
@@ -94,25 +94,12 @@ def is_hf_folder(path: str | os.PathLike[str]) -> bool:
 
 def _regular(path: Path, what: str) -> None:
     """Refuse anything but a regular file (a link to one is followed): FIFOs and devices would block or never end."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelError(f"no such file: {path} ({what})") from None
-    except OSError as e:
-        raise ModelError(f"cannot read the {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelError(f"the {what} {path} is not a regular file; adverse reads regular files only")
+    check_regular(path, what, error=ModelError)
 
 
 def _read_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """A JSON object from a regular file of at most ``limit`` bytes, without NaN or infinities."""
-    from .data import open_regular
-
-    _regular(path, what)
-    with open_regular(path, what) as f:
-        raw = f.read(limit + 1)
-    if len(raw) > limit:
-        raise ModelError(f"the {what} {path} is larger than {limit:,} bytes; it is not a Hugging Face {what}")
+    raw = read_regular(path, what, limit, limit_hint=f"; it is not a Hugging Face {what}", error=ModelError)
 
     def refuse(token: str) -> None:
         raise ValueError(f"{token} is not a JSON number")

@@ -116,6 +116,7 @@ from . import archives
 from . import data as _data
 from .data import Dataset, digits, load_npz, tabular
 from .errors import InputError, ModelError
+from .files import read_regular
 from .models import BlackBox, Normalize
 from .validation import validated
 
@@ -609,11 +610,8 @@ def _listing(folder: Path) -> list[os.DirEntry[str]]:
 
 def _read_regular(path: Path, what: str) -> bytes:
     """The bytes of a regular file of at most ``MAX_FILE_BYTES`` (FIFOs and devices refused without blocking)."""
-    with _data.open_regular(path, what) as f:
-        raw = f.read(_data.MAX_FILE_BYTES + 1)
-    if len(raw) > _data.MAX_FILE_BYTES:
-        raise InputError(f"the {what} {path} grew past the limit of {_data.MAX_FILE_BYTES:,} bytes while it was read")
-    return raw
+    return read_regular(path, what, _data.MAX_FILE_BYTES, limit_hint="(adverse.data.MAX_FILE_BYTES); split the "
+                        "data, or raise the limit if you trust the file")
 
 
 def _pixels(im: Any, f: Path) -> np.ndarray:

@@ -35,12 +35,12 @@ import json
 import keyword
 import math
 import os
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import read_regular
 
 SCHEMA_VERSION = 1
 MAX_RESULTS_BYTES = 64 * 2**20
@@ -599,22 +599,7 @@ def validate_part(name: str, value: Any) -> str | None:
 def read_regular_file(path: Path, limit: int, what: str) -> bytes:
     """The bytes of ``path``, refusing anything but a regular file of at most ``limit`` bytes (a FIFO or a
     device would block or never end)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"no such file: {path}") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path} is not a regular file; pass the {what} an audit wrote")
-    if st.st_size > limit:
-        raise InputError(f"{path} holds {st.st_size:,} bytes, more than the {limit:,} a {what} may hold; it is not "
-                         "one adverse wrote")
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(f"{path} holds more than the {limit:,} bytes a {what} may hold; it is not one adverse wrote")
-    return data
+    return read_regular(path, what, limit, limit_hint=f"a {what} may hold; it is not one adverse wrote")
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
