@@ -106,11 +106,6 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def check(value: Any, name: str, rule: Rule, where: str) -> None:
-    """Check one argument outside a decorated function (e.g. an option read from a file)."""
-    rule.check(value, name, where)
-
-
 # Ranges by parameter name: one meaning per name across the library. Functions where a name means something
 # else override it in their decorator.
 COUNT = Rule("int", low=1)
@@ -120,7 +115,6 @@ NONNEG = Rule("real", low=0.0)
 FRACTION = Rule("real", low=0.0, high=1.0)
 OPEN_FRACTION = Rule("real", low=0.0, high=1.0, open_low=True, open_high=True)
 SEED = Rule("int", low=0, high=2**63 - 1, none=True)
-FINITE = Rule("real")
 
 RULES: dict[str, Rule] = {
     # iterations, sizes and budgets
