@@ -206,6 +206,11 @@ def audit(
         str | None, typer.Option("--executor", help="Where attack batches run: local, or ray "
                                                     "(pip install 'adverse[ray]').", show_default="local")
     ] = None,
+    save_adv: Annotated[
+        bool, typer.Option("--save-adv", help="Write every adversarial example of the evasion suite (each attack, "
+                                              "eps and sample, with its outcome, norm and budget) to OUT/adversarial "
+                                              "as batches finish; load it with adverse.results.load_adversarial.")
+    ] = False,
     ray_address: Annotated[
         str | None,
         typer.Option("--ray-address", help="A running Ray cluster (host:port or ray://host:port).",
@@ -326,6 +331,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         "executor": pick(args["executor"], cfg.get("executor"), "local"),
         "ray_address": pick(args["ray_address"], cfg.get("ray_address"), None),
         "threads": pick(args["threads"], cfg.get("threads"), None),
+        "save_adv": args["save_adv"] or bool(ev.get("save_adv", False)),
         "audit": {
             "eps": eps, "norm": norm, "n": pick(args["n"], ev.get("n"), None),
             "steps": pick(args["steps"], ev.get("steps"), None), "seed": pick(args["seed"], cfg.get("seed"), 0),
@@ -524,7 +530,8 @@ def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runn
             warnings.simplefilter("default")  # shown once each, never raised
             warnings.showwarning = show
             result = audit(loaded["model"], loaded["data"], train_data=loaded["train_data"], recipe=loaded["recipe"],
-                           state_dir=out, executor=runner, progress=progress, **settings["audit"])
+                           state_dir=out, executor=runner, progress=progress,
+                           save_adv=out / "adversarial" if settings["save_adv"] else None, **settings["audit"])
         info = loaded["info"]
         if info:
             result.model.update(file=info["file"], arch=info["arch"])

@@ -34,6 +34,7 @@ with the list of known ones, so a typo never silently falls back to a default::
     autoattack = "fast"            # "standard", "fast" or "off"
     autoattack_n = 100
     batch_size = 256
+    save_adv = false               # write every adversarial example to OUT/adversarial (as --save-adv does)
 
     [privacy]                      # keyword arguments of adverse.evaluation.privacy_suite.privacy_suite
     n = 500
@@ -70,7 +71,7 @@ MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool, "me
 DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
-           "examples": bool}
+           "examples": bool, "save_adv": bool}
 SUITE_TABLES = ("privacy", "poisoning", "certify", "defense")
 TABLES = {"model": MODEL, "data": DATA, "evasion": EVASION, **{t: None for t in SUITE_TABLES}}
 PATH_KEYS = {("model", "file"), ("data", "test"), ("data", "train")}

@@ -506,6 +506,7 @@ def audit(
     certify: Mapping[str, Any] | None = None,
     defense: Mapping[str, Any] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
+    save_adv: str | os.PathLike[str] | None = None,
     executor: Any = None,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
@@ -561,6 +562,11 @@ def audit(
         batch and every finished part). If the audit is interrupted, rerunning it with the same model, data,
         settings and ``state_dir`` reuses every finished batch and part and gives the same result as an
         uninterrupted run. :meth:`AuditResult.save` into that folder removes the state.
+    save_adv : a folder to write every adversarial example of the evasion suite to (every attack, eps and
+        sample, with its outcome, norm and the budget spent): one ``.npz`` per (attack, eps, batch), written as the
+        batch finishes, and the manifest ``index.json`` (see ``docs/results-schema.md``); read it back with
+        :func:`adverse.results.load_adversarial`. Batches already saved there by the same audit are kept, not
+        rewritten. The command line's ``--save-adv`` writes ``OUT/adversarial``.
     executor : where the attack batches and reference models run: None / "local" (in-process), "ray", or an
         executor object from :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets
         ``seed``, so the numbers do not depend on the executor.
@@ -712,6 +718,11 @@ def audit(
                       autoattack_n=autoattack_n, recipe=repr(recipe),
                       members=None if members is None else _digest(members), data=_digest(full))
     state = _Checkpoint(state_dir, _fingerprint(user_model, x, y, key_config))
+    adv_writer = None
+    if save_adv is not None and "evasion" in suite_list:
+        from ..results import AdversarialWriter
+
+        adv_writer = AdversarialWriter(save_adv, state.key, norm=norm, bounds=bounds)
 
     def timed(name: str, compute: Callable[[], Any]) -> Any:
         """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
@@ -740,12 +751,20 @@ def audit(
                 fn, kwargs, cost = specs[name]
                 description = f"{name} at eps {e:g}"
                 report(description, done, total_work)
-                done += cost * sum(b - a for a, b in batches if state.get(name, e, a, b) is not None)
-                pending = [(a, b) for a, b in batches if state.get(name, e, a, b) is None]
+                # a batch is attacked again when its outcome is not in the state or (with save_adv) its examples
+                # are not saved; the seed makes the rerun give the same examples
+                pending = [(a, b) for a, b in batches if state.get(name, e, a, b) is None
+                           or (adv_writer is not None and not adv_writer.has(name, e, a, b))]
+                done += cost * (total_n - sum(b - a for a, b in pending))
                 tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs,
-                                                                        **extra)))
+                                                                        **extra), adv_writer is not None))
                          for i, (a, b) in enumerate(pending)]
                 for (a, b), rec in zip(pending, imap_tasks(_attack_batch, tasks, executor)):
+                    adv = rec.pop("adversarial", None)
+                    if adv_writer is not None:  # streamed to disk as each batch finishes, before its record
+                        adv_writer.write(name, e, a, b, y=y[a:b], success=rec["success"], forwards=rec["forwards"],
+                                         backwards=rec["backwards"], queries=rec["queries"], seconds=rec["seconds"],
+                                         **adv)
                     state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
                     done += cost * (b - a)
                     report(description, done, total_work)
@@ -944,10 +963,13 @@ def _digest(data: Dataset) -> str:
 
 def _attack_batch(task: Any) -> dict[str, Any]:
     """One attack on one batch (run by an executor): the per-sample outcome and the budget, JSON-ready."""
-    fn, model, x, y, kwargs = task.payload
+    fn, model, x, y, kwargs, *keep = task.payload
     r = fn(model, x, y, **kwargs)
-    return {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
-            "backwards": r.backwards, "queries": r.queries, "seconds": r.seconds, "params": r.summary()["params"]}
+    rec = {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
+           "backwards": r.backwards, "queries": r.queries, "seconds": r.seconds, "params": r.summary()["params"]}
+    if keep and keep[0]:  # the examples themselves, for save_adv (taken out before the record is saved)
+        rec["adversarial"] = {"x_adv": r.x_adv.detach().cpu().numpy(), "norms": r.norms.detach().cpu().numpy()}
+    return rec
 
 
 def json_safe(value: Any) -> Any:
