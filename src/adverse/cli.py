@@ -173,6 +173,21 @@ def audit(
                                             "(any case) or a 0-based index (-1: the last).",
                      show_default="the column named label, y, target or class, else the last"),
     ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", help="Resize every image of an image folder (--data, --train-data) to N×N "
+                                          "(Pillow, bilinear, antialiased).", show_default="as stored"),
+    ] = None,
+    resize: Annotated[
+        int | None,
+        typer.Option("--resize", help="Resize every image of an image folder so its shorter side is N, the aspect "
+                                      "kept (Pillow, bilinear, antialiased).", show_default="as stored"),
+    ] = None,
+    center_crop: Annotated[
+        int | None,
+        typer.Option("--center-crop", help="Then take the N×N centre of each image; the ImageNet recipe is "
+                                           "--resize 256 --center-crop 224.", show_default="no crop"),
+    ] = None,
     train_data: Annotated[
         str | None,
         typer.Option("--train-data", help="The model's training data (same forms as --data): enables the privacy "
@@ -237,7 +252,8 @@ def audit(
         loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
                        settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"),
                        label_column=settings.pop("label_column"), trust_code=settings.pop("trust_code"),
-                       mean=settings.pop("mean"), std=settings.pop("std"))
+                       mean=settings.pop("mean"), std=settings.pop("std"),
+                       images={k: settings.pop(k) for k in ("image_size", "resize", "center_crop")})
         runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
         result = _run_audit(settings, loaded, out_dir, runner, err)
         path = result.save(out_dir)
@@ -326,6 +342,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         "trust_code": args["trust_code"] or bool(mdl.get("trust_code", False)),
         "data_spec": pick(args["data"], dat.get("test"), None),
         "label_column": pick(args["label_column"], dat.get("label_column"), None),
+        **{k: pick(args[k], dat.get(k), None) for k in ("image_size", "resize", "center_crop")},
         "train_spec": pick(args["train_data"], dat.get("train"), None),
         "recipe_spec": pick(args["recipe"], dat.get("recipe"), None),
         "executor": pick(args["executor"], cfg.get("executor"), "local"),
@@ -457,12 +474,23 @@ def _executor(name: str, address: str | None) -> Any:
 
 def _load(model: Path | str | None, arch: str | None, data: str | None, train: str | None, recipe: str | None,
           trust_pickle: bool, label_column: str | int | None = None, trust_code: bool = False,
-          mean: Any = None, std: Any = None) -> dict[str, Any]:
+          mean: Any = None, std: Any = None, images: dict[str, Any] | None = None) -> dict[str, Any]:
     """The user's model, data, training data and recipe (None for the bundled default), and what to record. The
     data's shape is checked against what the model file says it takes (its normalization's channels, a Hugging
-    Face folder's input size) before anything runs."""
+    Face folder's input size) before anything runs. ``images``: ``image_size``, ``resize``, ``center_crop`` for
+    image folders."""
     from .errors import AdverseError
-    from .loading import check_input_shape, load_data, load_model, load_recipe, model_info
+    from .loading import (
+        check_image_transform,
+        check_input_shape,
+        load_data,
+        load_model,
+        load_recipe,
+        model_info,
+    )
+
+    images = {k: v for k, v in (images or {}).items() if v is not None}
+    check_image_transform(**images)  # before any model or data is loaded
 
     loaded: dict[str, Any] = {"model": None, "data": None, "train_data": None,
                               "recipe": load_recipe(recipe) if recipe is not None else None, "info": {}}
@@ -475,18 +503,20 @@ def _load(model: Path | str | None, arch: str | None, data: str | None, train: s
             raise AdverseError("--label-column needs --data with a .csv file")
         if mean is not None or std is not None:
             raise AdverseError("--mean/--std need --model (the demo model normalizes nothing)")
+        if images:
+            raise AdverseError("--image-size, --resize and --center-crop need --data with a folder of images")
         return loaded
     if model is None or data is None:
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
     loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code, mean=mean,
                                  std=std)
-    loaded["data"] = load_data(data, label_column=label_column)
+    loaded["data"] = load_data(data, label_column=label_column, **images)
     check_input_shape(loaded["model"], loaded["data"].x.shape[1:], f"--data {data}")
     if train is not None:
-        loaded["train_data"] = load_data(train, label_column=label_column)
+        loaded["train_data"] = load_data(train, label_column=label_column, **images)
         check_input_shape(loaded["model"], loaded["train_data"].x.shape[1:], f"--train-data {train}")
     loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe,
-                      "loaded": model_info(loaded["model"])}
+                      "loaded": model_info(loaded["model"]), "images": images}
     return loaded
 
 
@@ -543,6 +573,8 @@ def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runn
             if "normalize" in found:
                 result.config["normalize"] = found["normalize"]
             result.data.update(spec=info["data"])
+            if info.get("images"):
+                result.data["images"] = dict(info["images"])
             if info["train"] is not None:
                 result.data.setdefault("train", {})["spec"] = info["train"]
         if loaded["recipe"] is not None and info.get("recipe"):

@@ -20,6 +20,8 @@ with the list of known ones, so a typo never silently falls back to a default::
     test = "test.npz"              # the data to audit on (see adverse.loading.load_data)
     train = "train.npz"            # the model's training data: enables the privacy and poisoning suites
     label_column = "target"        # a CSV's label column: a name (any case) or a 0-based index (-1: the last)
+    resize = 256                   # image folders: shorter side to 256 (or image_size = N: N×N), as --resize does
+    center_crop = 224              # then the 224×224 centre, as --center-crop does
     recipe = "mypkg.train:recipe"  # recipe(dataset, seed) -> model, or a zoo name: enables reference models
 
     [evasion]                      # keyword arguments of adverse.evaluation.audit
@@ -68,7 +70,8 @@ from .errors import InputError
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str}
 MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool, "mean": (list, float, int),
          "std": (list, float, int)}
-DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int)}
+DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int), "image_size": int, "resize": int,
+        "center_crop": int}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
            "examples": bool, "save_adv": bool}

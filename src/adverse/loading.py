@@ -654,6 +654,58 @@ def _pixels(im: Any, f: Path) -> np.ndarray:
     return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
 
 
+@validated
+def check_image_transform(image_size: Any = None, resize: Any = None, center_crop: Any = None) -> None:
+    """Check ``image_size``, ``resize`` and ``center_crop`` (``--image-size``, ``--resize``, ``--center-crop``):
+    positive ints, at most one of ``image_size`` and ``resize``, a crop no larger than the resized size."""
+    for value, flag in ((image_size, "--image-size"), (resize, "--resize"), (center_crop, "--center-crop")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{flag} must be a positive whole number of pixels, got {value!r}")
+        if value is not None and value > 65535:
+            raise InputError(f"{flag} {value} is larger than any image adverse reads (65535 pixels)")
+    if image_size is not None and resize is not None:
+        raise InputError("pass --image-size N (resize to N×N) or --resize N (shorter side to N), not both")
+    size = image_size if image_size is not None else resize
+    if center_crop is not None and size is not None and center_crop > size:
+        flag = "--image-size" if image_size is not None else "--resize"
+        raise InputError(f"--center-crop {center_crop} is larger than {flag} {size}; the crop must fit inside the "
+                         "resized image")
+
+
+def _transform(arr: np.ndarray, f: Path, image_size: int | None, resize: int | None,
+               center_crop: int | None) -> np.ndarray:
+    """``arr`` (channels, height, width, float32 in [0, 1], after mode conversion) resized and center-cropped.
+
+    Each channel is resized as a Pillow ``"F"`` (32-bit float) image with ``Image.resize(..., Image.BILINEAR)``,
+    which antialiases when shrinking as Pillow does (its bilinear filter's support grows with the scale factor),
+    then clipped to [0, 1]. ``image_size`` N gives N×N; ``resize`` N makes the shorter side N with the aspect kept
+    (the longer side ``int(N * long / short)``, as torchvision does). ``center_crop`` C then takes the C×C centre
+    (top ``round((height - C) / 2)``, left likewise, as torchvision does).
+    """
+    from PIL import Image
+
+    _, h, w = arr.shape
+    if image_size is not None:
+        size = (image_size, image_size)  # (width, height) for Pillow
+    elif resize is not None:
+        size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    else:
+        size = (w, h)
+    resized = size != (w, h)
+    if resized:
+        arr = np.stack([np.asarray(Image.fromarray(c, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
+                        for c in arr])
+        arr = np.clip(arr, 0.0, 1.0)
+    if center_crop is not None:
+        _, h, w = arr.shape
+        if center_crop > h or center_crop > w:
+            raise InputError(f"{f} is {w}×{h} pixels{' after resizing' if resized else ''}, smaller than "
+                             f"--center-crop {center_crop}; pass --resize or --image-size of at least {center_crop}")
+        top, left = round((h - center_crop) / 2.0), round((w - center_crop) / 2.0)
+        arr = arr[:, top:top + center_crop, left:left + center_crop]
+    return np.ascontiguousarray(arr)
+
+
 def _decode_image(f: Path, raw: bytes) -> np.ndarray:
     """One image file's bytes decoded (first frame), after checking its declared size against the pixel limit."""
     from PIL import Image, UnidentifiedImageError
@@ -682,7 +734,8 @@ def _decode_image(f: Path, raw: bytes) -> np.ndarray:
         raise InputError(f"{f} is not a readable image ({type(e).__name__}: {e}); replace or remove it") from e
 
 
-def _image_folder(root: Path) -> Dataset:
+def _image_folder(root: Path, image_size: int | None = None, resize: int | None = None,
+                  center_crop: int | None = None) -> Dataset:
     root_real = os.path.realpath(root)
     classes = []
     for entry in _listing(root):
@@ -706,10 +759,14 @@ def _image_folder(root: Path) -> Dataset:
                 raise InputError(f"{f} links to {os.path.realpath(f)}, outside {root}; images must lie inside the "
                                  "data folder")
             arr = _decode_image(f, _read_regular(f, "image"))
+            if image_size is not None or resize is not None or center_crop is not None:
+                arr = _transform(arr, f, image_size, resize, center_crop)
             if size is None:
                 size = arr.shape[1:]
             elif arr.shape[1:] != size:
-                raise InputError(f"{f} has shape {arr.shape[1:]}, others {size}; resize the images to one size")
+                raise InputError(f"{f} has shape {arr.shape[1:]}, others {size}; images of different sizes need "
+                                 "--image-size N (resize each to N×N), or --resize N (shorter side to N) with "
+                                 "--center-crop N (e.g. --resize 256 --center-crop 224)")
             pixels, channels = pixels + arr[0].size, max(channels, arr.shape[0])
             if pixels * channels * 4 > _data.MAX_ARRAY_BYTES:
                 raise InputError(f"{root}: the images take more than {_data.MAX_ARRAY_BYTES:,} bytes as float32 "
@@ -725,7 +782,10 @@ def _image_folder(root: Path) -> Dataset:
         x[i] = a  # a grey image in a folder with colour: its one channel repeated to R, G and B
     note = (f"image folder: {len(classes)} classes in name order ({', '.join(classes)}); "
             + ("RGB (grey images repeated to 3 channels)" if channels == 3 else "grey, 1 channel")
-            + "; alpha dropped")
+            + "; alpha dropped"
+            + (f"; resized to {image_size}×{image_size} (bilinear)" if image_size is not None else "")
+            + (f"; shorter side resized to {resize} (bilinear)" if resize is not None else "")
+            + (f"; center-cropped to {center_crop}×{center_crop}" if center_crop is not None else ""))
     return Dataset(torch.from_numpy(x), torch.tensor(ys), root.name, len(classes), note=note)
 
 
@@ -869,7 +929,8 @@ def _csv(path: Path, bounds: tuple[float, float], label_column: str | int | None
 
 
 def load_data(
-    spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0), label_column: str | int | None = None
+    spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0), label_column: str | int | None = None,
+    image_size: int | None = None, resize: int | None = None, center_crop: int | None = None,
 ) -> Dataset:
     """A dataset from a bundled name (``digits``, ``digits:train``, ``tabular``, ``tabular:train``; the test
     split by default), an ``.npz`` file, a ``.csv`` file or a folder of images per class (see the module
@@ -880,7 +941,15 @@ def load_data(
     ``label``, ``y``, ``target`` or ``class`` (any case), else the last column. How the file was read is in the
     returned dataset's ``note``. Raises :class:`InputError`, naming the file (and the line and column), for
     anything it cannot read exactly.
+
+    For a folder of images, ``image_size`` N resizes every image to N×N, ``resize`` N its shorter side to N
+    (aspect kept), and ``center_crop`` C then takes its C×C centre; the ImageNet recipe is ``resize=256,
+    center_crop=224`` (``--resize 256 --center-crop 224``). Resizing is Pillow's ``Image.resize`` with the
+    ``Image.BILINEAR`` filter (antialiased when shrinking, as Pillow does), applied per channel to the float
+    pixels after mode conversion (see :func:`_transform`). Without them, images of different sizes are refused.
     """
+    check_image_transform(image_size, resize, center_crop)
+    transform = image_size is not None or resize is not None or center_crop is not None
     text = str(spec)
     name, _, split = text.partition(":")
     p = Path(spec)
@@ -890,9 +959,13 @@ def load_data(
         split = split or "test"
         if split not in ("train", "test"):
             raise InputError(f"unknown split {split!r}; use {name}:train or {name}:test")
+        if transform:
+            raise InputError(f"--image-size, --resize and --center-crop apply to folders of images, not to {text}")
         return digits(split) if name == "digits" else tabular(split)
     if p.is_dir():
-        return _image_folder(p)
+        return _image_folder(p, image_size, resize, center_crop)
+    if transform:
+        raise InputError(f"--image-size, --resize and --center-crop apply to folders of images, not to {text}")
     if not p.exists():
         raise InputError(f"no such data file or folder: {p}; or name a bundled set: digits, tabular")
     if p.suffix.lower() == ".npz":

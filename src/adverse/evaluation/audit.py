@@ -75,6 +75,9 @@ class AuditResult:
     privacy, poisoning, certify, defense : what those suites found (see their modules), or None when they did not
         run.
     examples : clean and adversarial images for the report (saved as ``examples.npz``, not in ``results.json``).
+    samples : how many samples each suite and part used (``evasion``, ``checks``, ``minimal_norm``,
+        ``autoattack``, ``examples``, ``privacy`` (members, and as many non-members), ``poisoning`` (test samples),
+        ``certify``, ``defense``), each at most ``config["n"]``.
     fooled : per-sample outcomes, ``fooled[(attack, eps)]`` and ``fooled[("worst-case", eps)]`` bool arrays
         (True: not robust); kept in memory only (not in ``results.json``).
     """
@@ -98,6 +101,7 @@ class AuditResult:
     poisoning: dict[str, Any] | None = None
     certify: dict[str, Any] | None = None
     defense: dict[str, Any] | None = None
+    samples: dict[str, int] | None = None
     fooled: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     examples: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -128,7 +132,7 @@ class AuditResult:
             "seconds": self.seconds,
             "checks": self.checks,
             "suites": self.suites,
-            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense")
+            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense", "samples")
                if (v := getattr(self, k)) is not None},
         }
 
@@ -175,8 +179,8 @@ class AuditResult:
                 data=dict(d["data"]), environment=dict(d["environment"]), budget=dict(d["budget"]),
                 seconds=dict(d["seconds"]), created=d["created"], checks=list(d.get("checks", [])),
                 suites=list(d.get("suites", ["evasion"])),
-                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense")
-                   if k in d},
+                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense",
+                                     "samples") if k in d},
             )
         except KeyError as e:
             raise InputError(f"audit results lack the field {e.args[0]!r}; the file is not an adverse audit") from e
@@ -531,8 +535,11 @@ def audit(
         to audit on. None means the bundled digits test split (only with ``model=None``).
     eps : the budgets, in input units; audited in increasing order.
     norm : "linf", "l2" or "l1".
-    n : the evasion suite attacks only the first ``n`` samples (None: all); the other suites draw their own samples
-        from all of ``data`` (their ``n`` options).
+    n : the upper bound of the samples every suite and part uses. The evasion suite attacks the first ``n`` samples
+        (None: all), and its checks, minimal-norm curve and AutoAttack confirmation use at most that many; the
+        other suites draw their own samples from all of ``data``, at most ``n`` of them (their own ``n`` option,
+        or its default, when that is smaller; the poisoning suite tests on the first ``n``). Each suite's and
+        part's actual count is in ``AuditResult.samples``.
     steps : iterations of the iterative attacks: an int for all of them, or a mapping such as
         ``{"pgd": 40, "apgd-ce": 100}`` (the defaults).
     attacks : a subset of :data:`ATTACKS` (default FGSM, PGD and APGD-CE; "square" adds the black-box Square
@@ -688,6 +695,12 @@ def audit(
         if n > len(dataset):
             raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
         dataset = dataset.subset(n)
+    suite_kwargs = {k: dict(v) for k, v in options.items()}  # what the suites get (config: the options as given)
+    if n is not None:
+        for k in ("privacy", "certify", "defense"):  # n bounds every suite: min(n, the suite's own n or default)
+            own = suite_kwargs[k].get("n", _suite_default(k, "n"))
+            if own is None or (isinstance(own, int) and not isinstance(own, bool)):
+                suite_kwargs[k]["n"] = n if own is None else min(own, n)
     total_n = len(dataset)
     if total_n == 0:
         raise InputError("the data holds no samples")
@@ -844,16 +857,17 @@ def audit(
 
         suite_results["privacy"] = timed("privacy", lambda: privacy_suite(
             model, members, full, recipe=recipe, seed=seed, executor=executor, progress=progress,
-            **options["privacy"]))
+            **suite_kwargs["privacy"]))
     if "poisoning" in suite_list:
         from .poisoning_suite import poisoning_suite
 
+        test = full if n is None else full.subset(n)  # n ≤ len(full), checked above
         suite_results["poisoning"] = timed("poisoning", lambda: poisoning_suite(
-            recipe, members, full, seed=seed, progress=progress, **options["poisoning"]))
+            recipe, members, test, seed=seed, progress=progress, **suite_kwargs["poisoning"]))
     if "certify" in suite_list:
         from .certify_suite import certify_suite
 
-        certify_options = {"n": min(100, len(full)), **options["certify"]}
+        certify_options = {"n": min(100, len(full)), **suite_kwargs["certify"]}
         suite_results["certify"] = timed("certify", lambda: certify_suite(
             model, full, norm=norm, eps=eps_list, seed=seed, progress=progress, **certify_options))
     if "defense" in suite_list:
@@ -861,7 +875,7 @@ def audit(
 
         suite_results["defense"] = timed("defense", lambda: defense_suite(
             model, full, train=members, recipe=recipe, norm=norm, eps=eps_list, seed=seed, progress=progress,
-            **options["defense"]))
+            **suite_kwargs["defense"]))
 
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
@@ -872,13 +886,32 @@ def audit(
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
         "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
     }
+    samples: dict[str, int] = {}  # how many samples each suite and part used
+    if "evasion" in suite_list:
+        samples["evasion"] = total_n
+        if "checks" in config:
+            samples["checks"] = config["checks"]["n"]
+        if mn_result is not None:
+            samples["minimal_norm"] = total_n
+        if aa_result is not None:
+            samples["autoattack"] = config["autoattack"]["n"]
+        if example_arrays is not None:
+            samples["examples"] = len(example_arrays["x"])
+    if "privacy" in suite_results:
+        samples["privacy"] = int(suite_results["privacy"]["config"]["n"])
+    if "poisoning" in suite_results:
+        samples["poisoning"] = int(suite_results["poisoning"]["config"]["n_test"])
+    if "certify" in suite_results:
+        samples["certify"] = int(suite_results["certify"]["n"])
+    if "defense" in suite_results:
+        samples["defense"] = int(suite_results["defense"]["n"])
     seconds["total"] = time.perf_counter() - started
     return AuditResult(
         clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=worst, config=config,
         model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows,
         suites=suite_list, minimal_norm=mn_result, autoattack=aa_result, fooled=fooled, examples=example_arrays,
-        **suite_results,
+        samples=samples, **suite_results,
     )
 
 
@@ -953,6 +986,16 @@ def _check_options(suite: str, options: Mapping[str, Any] | None) -> dict[str, A
         raise InputError(f"unknown {suite} option(s) {bad}; the {suite} suite takes {', '.join(sorted(allowed))} "
                          "(the audit itself passes the model, data, seed, norm and eps)")
     return dict(options)
+
+
+def _suite_default(suite: str, name: str) -> Any:
+    """The default of a suite function's keyword option ``name``."""
+    import importlib
+    import inspect
+
+    module, fn_name = _SUITE_FUNCTIONS[suite]
+    fn = inspect.unwrap(getattr(importlib.import_module(f"{__package__}.{module}"), fn_name))
+    return inspect.signature(fn).parameters[name].default
 
 
 def _digest(data: Dataset) -> str:

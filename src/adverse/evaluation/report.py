@@ -702,6 +702,10 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
             cli += ["--mean", ",".join(repr(float(v)) for v in given.get("mean", [])),
                     "--std", ",".join(repr(float(v)) for v in given.get("std", []))]
         cli += ["--data", str(data["spec"])]
+        images = data.get("images")
+        if isinstance(images, dict):  # --image-size, --resize, --center-crop
+            cli += [a for k in ("image_size", "resize", "center_crop") if isinstance(images.get(k), int)
+                    for a in (f"--{k.replace('_', '-')}", str(images[k]))]
         if "train" in data:
             cli += ["--train-data", str(data["train"]["spec"])]
         if model.get("recipe_spec"):
@@ -890,19 +894,38 @@ def _drawing() -> Iterator[None]:
         yield
 
 
+_SAMPLE_WORDS = {"evasion": "attacked", "checks": "sanity checks", "minimal_norm": "minimal-norm curve",
+                 "autoattack": "AutoAttack", "examples": "examples", "privacy": "members, and as many non-members",
+                 "poisoning": "test samples", "certify": "certified", "defense": "evaluated"}
+
+
+def _with_samples(section: str, results: Mapping[str, Any], parts: Sequence[str]) -> str:
+    """``section`` with the sample counts of ``parts`` (results.json's ``samples``) under its heading."""
+    samples = results.get("samples")
+    if not section or not isinstance(samples, Mapping) or "</h2>" not in section:
+        return section
+    found = [f"{_e(_num(samples[p]))} {_e(_SAMPLE_WORDS.get(p, p))}" for p in parts if p in samples]
+    if not found:
+        return section
+    n = results.get("config", {}).get("n")
+    bound = f" (bounded by n = {_e(_num(n))})" if n is not None else ""
+    head, _, tail = section.partition("</h2>")
+    return f"{head}</h2><p class='samples'>Samples: {'; '.join(found)}{bound}.</p>{tail}"
+
+
 def _render(results: Mapping[str, Any], out: Path, examples: Mapping[str, Any] | None) -> Path:
     figs = _Figures(out / FIGURES_DIR)
     sections = [
         _header(results),
         _summary_section(results),
-        _curves_section(results, figs),
-        _checks_section(results),
-        _attacks_section(results),
-        _privacy_section(results, figs),
-        _poisoning_section(results, figs),
-        _certify_section(results, figs),
-        _defense_section(results, figs),
-        _examples_section(examples, figs),
+        _with_samples(_curves_section(results, figs), results, ("evasion", "minimal_norm", "autoattack")),
+        _with_samples(_checks_section(results), results, ("checks",)),
+        _with_samples(_attacks_section(results), results, ("evasion",)),
+        _with_samples(_privacy_section(results, figs), results, ("privacy",)),
+        _with_samples(_poisoning_section(results, figs), results, ("poisoning",)),
+        _with_samples(_certify_section(results, figs), results, ("certify",)),
+        _with_samples(_defense_section(results, figs), results, ("defense",)),
+        _with_samples(_examples_section(examples, figs), results, ("examples",)),
         _reproduce_section(results),
     ]
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

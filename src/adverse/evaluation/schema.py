@@ -442,6 +442,8 @@ def _top(full: bool) -> Check:
         "data": (fields({"name": (_str, "F"), "source": (_str, "F"), "n": (COUNT, "O"), "num_classes": (COUNT, "O"),
                          "bounds": (_bounds, "O"), "shape": (list_of(integer(1)), "O"), "spec": (_str, "O"),
                          "split": (_str, "O"),
+                         "images": (fields({k: (integer(1), "O") for k in ("image_size", "resize", "center_crop")},
+                                           full), "O"),
                          "train": (fields({"name": (_str, "O"), "n": (COUNT, "O"), "split": (_str, "O"),
                                            "spec": (_str, "O")}, full), "O")}, full), "F"),
         "config": (_config(full), "F"),
@@ -461,7 +463,14 @@ def _top(full: bool) -> Check:
         "poisoning": (_poisoning(full), "O"),
         "certify": (_certify(full), "O"),
         "defense": (_defense(full), "O"),
+        "samples": (map_of(COUNT, key=lambda k: k in SAMPLE_PARTS,
+                           what=f"keys are suites and parts ({', '.join(SAMPLE_PARTS)})"), "O"),
     }, full)
+
+
+SAMPLE_PARTS = ("evasion", "checks", "minimal_norm", "autoattack", "examples", "privacy", "poisoning", "certify",
+                "defense")
+"""The keys of results.json's ``samples``: how many samples each suite and part used."""
 
 
 def _version(v: Any, p: tuple) -> None:
