@@ -13,9 +13,11 @@ This module imports neither torch nor the attacks at import time, so ``adverse -
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -243,7 +245,7 @@ def audit(
     from .errors import AdverseError
 
     err = _stderr()
-    try:
+    with exit_codes(err, f"cannot write to {out}"):
         settings = _settings(locals())
         out_dir = Path(settings.pop("out"))
         if out_dir.exists() and not out_dir.is_dir():
@@ -260,21 +262,6 @@ def audit(
         from .evaluation.report import render_report
 
         report_path = render_report(result.to_dict(), out_dir, examples=result.examples)
-    except AdverseError as e:
-        err.print(f"[bold red]Error:[/] {escape(str(e))}")
-        raise typer.Exit(2) from None
-    except OSError as e:
-        err.print(f"[bold red]Error:[/] cannot write to {escape(str(out))}: {escape(e.strerror or str(e))}")
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]Interrupted.[/]")
-        raise typer.Exit(130) from None
-    except Exception as e:  # a bug: say so briefly; ADVERSE_DEBUG=1 shows the traceback
-        if os.environ.get("ADVERSE_DEBUG"):
-            raise
-        err.print(f"[bold red]Unexpected error:[/] {type(e).__name__}: {escape(str(e))}\n"
-                  "This is a bug in adverse; rerun with ADVERSE_DEBUG=1 to see the traceback, and report it.")
-        raise typer.Exit(1) from None
 
     if as_json:
         sys.stdout.write(result.to_json())
@@ -430,32 +417,44 @@ def report(
 
     The file is checked against the results schema first (docs/results-schema.md): a file that is not what an
     audit wrote is refused with the JSON path at fault (exit 2); examples.npz beside it likewise."""
-    from .errors import AdverseError
     from .evaluation.audit import RESULTS_FILE
     from .evaluation.report import load_examples, render_report
     from .evaluation.schema import read_results
 
     err = _stderr()
-    try:
+    with exit_codes(err, "cannot write the report"):
         src = results_json / RESULTS_FILE if results_json.is_dir() else results_json
         results = read_results(src)  # a regular file, size-limited, valid against the schema
         path = render_report(results, out if out is not None else src.parent, examples=load_examples(src.parent))
+    _stdout().print(f"Report written to [bold]{escape(str(path))}[/].")
+
+
+@contextlib.contextmanager
+def exit_codes(err: Console, write_error: str) -> Iterator[None]:
+    """The command's exit codes (module docstring): a user's mistake (an AdverseError) or an OS error prints one
+    line and exits 2, an interruption exits 130, anything else is a bug: a short message and exit 1
+    (``ADVERSE_DEBUG=1`` shows the traceback). ``write_error`` starts the message of an OS error."""
+    from .errors import AdverseError
+
+    try:
+        yield
     except AdverseError as e:
         err.print(f"[bold red]Error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     except OSError as e:
-        err.print(f"[bold red]Error:[/] cannot write the report: {escape(e.strerror or str(e))}")
+        err.print(f"[bold red]Error:[/] {escape(write_error)}: {escape(e.strerror or str(e))}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("[yellow]Interrupted.[/]")
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
     except Exception as e:  # a bug: say so briefly; ADVERSE_DEBUG=1 shows the traceback
         if os.environ.get("ADVERSE_DEBUG"):
             raise
         err.print(f"[bold red]Unexpected error:[/] {type(e).__name__}: {escape(str(e))}\n"
                   "This is a bug in adverse; rerun with ADVERSE_DEBUG=1 to see the traceback, and report it.")
         raise typer.Exit(1) from None
-    _stdout().print(f"Report written to [bold]{escape(str(path))}[/].")
 
 
 def _executor(name: str, address: str | None) -> Any:
