@@ -143,7 +143,7 @@ def test_data_formats(tmp_path):
     assert d.x.shape == (6, 1, 5, 4) and d.y.tolist() == [0, 0, 1, 1, 1, 1] and d.num_classes == 2
     np.testing.assert_allclose(d.x[:, 0].numpy(), images / 255.0, atol=1e-7)
     Image.fromarray(images[0][:4], mode="L").save(tmp_path / "imgs" / "dog" / "odd.png")
-    with pytest.raises(InputError, match=r"one size"):
+    with pytest.raises(InputError, match=r"images of different sizes need --image-size N"):
         load_data(tmp_path / "imgs")
 
     csv = tmp_path / "t.csv"
