@@ -235,6 +235,17 @@ class Setup:
     def labels(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.y[idx], None if self.target is None else self.target[idx]
 
+    def admissible(self, x_adv: torch.Tensor, norms: torch.Tensor | None = None) -> tuple[bool, bool]:
+        """Whether every row of ``x_adv`` lies inside its eps ball (always true without eps) and inside the
+        bounds, up to float round-off. ``norms``: the perturbations' norms, if already computed."""
+        lo, hi = self.bounds
+        if self.eps is None:
+            ball = True
+        else:
+            norms = lp_norm(x_adv - self.x, self.norm) if norms is None else norms
+            ball = not bool((norms > self.eps + 1e-5 * (1 + self.eps)).any())
+        return ball, not bool(((x_adv < lo - 1e-6) | (x_adv > hi + 1e-6)).any())
+
     def result(self, tracker: Tracker, attack: str, params: dict[str, Any]) -> AttackResult:
         """Package the tracker's best results, after checking the threat model one last time.
 
@@ -250,11 +261,11 @@ class Setup:
             if bool(lost.any()):
                 x_adv = torch.where(batch_view(lost, x_adv), self.x, x_adv)
                 success = success & ~lost
-        lo, hi = self.bounds
         norms = lp_norm(x_adv - self.x, self.norm)
-        if self.eps is not None and bool((norms > self.eps + 1e-5 * (1 + self.eps)).any()):
+        inside_ball, inside_box = self.admissible(x_adv, norms)
+        if not inside_ball:
             raise RuntimeError(f"{attack}: internal error, a perturbation exceeds eps")  # a bug, never input
-        if bool(((x_adv < lo - 1e-6) | (x_adv > hi + 1e-6)).any()):
+        if not inside_box:
             raise RuntimeError(f"{attack}: internal error, an output leaves the bounds")
         eps = None if self.eps is None else float(self.eps.max()) if self.eps.numel() else 0.0
         return AttackResult(

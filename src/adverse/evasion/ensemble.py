@@ -133,10 +133,8 @@ def _load_state(path: Path, key: str, s: Any) -> tuple[Tensor, Tensor, list[dict
                                                    for p in per_attack))
     if ok:
         x_adv = x_adv.to(s.x.dtype)
-        lo, hi = s.bounds
-        inside = lp_norm(x_adv - s.x, s.norm) <= s.eps + 1e-5 * (1 + s.eps)
-        ok = (bool(torch.isfinite(x_adv).all()) and bool(inside.all()) and float(x_adv.min()) >= lo - 1e-6
-              and float(x_adv.max()) <= hi + 1e-6 and not bool((robust & ~s.clean_correct).any()))
+        ok = (bool(torch.isfinite(x_adv).all()) and all(s.admissible(x_adv))
+              and not bool((robust & ~s.clean_correct).any()))
     if not ok:
         raise InputError(f"state_path {path} matches this run but its contents are damaged; {fix}")
     return robust, x_adv, list(per_attack)
