@@ -141,6 +141,7 @@ RULES: dict[str, Rule] = {
     "l1_sparsity": Rule("real", low=0.0, high=1.0, open_high=True),
     "eta": Rule("real", low=1.0),
     "quality": Rule("int", low=1, high=100),
+    "severity": Rule("int", low=1, high=5),
     "min_scale": Rule("real", low=0.0, high=1.0, open_low=True),
     "resize_rate": Rule("real", low=0.0, high=4.0, open_low=True),
     "seed": SEED,
