@@ -41,7 +41,8 @@ class DPResult:
     Attributes
     ----------
     model : the trained model (the caller's module, or its GroupNorm copy when ``fix=True`` replaced layers),
-        in eval mode, with Opacus' hooks removed.
+        in eval mode, with Opacus' hooks removed; its ``dp_epsilon`` and ``dp_delta`` attributes hold
+        ``epsilon`` and ``delta``.
     epsilon : the ε the accountant reports for ``delta`` after all steps (≤ the target up to Opacus' tolerance).
     delta : the δ of the guarantee.
     target_epsilon : the ε asked for.
@@ -234,8 +235,49 @@ def train_dp(
             optimizer.zero_grad(set_to_none=True)
             hooks.cleanup()
     steps = sum(s for _, _, s in engine.accountant.history)
+    # the guarantee travels with the model, so a recipe returning only the model still states its ε
+    # (adverse.privacy.audit_dp reports it beside the measured lower bound)
+    model.dp_epsilon, model.dp_delta = epsilon, float(delta)
     return DPResult(
         model=model.eval(), epsilon=epsilon, delta=float(delta), target_epsilon=float(target_epsilon),
         noise_multiplier=float(optimizer.noise_multiplier), max_grad_norm=float(max_grad_norm),
         sample_rate=float(engine.accountant.history[0][1]), steps=int(steps), accountant=accountant, seed=int(seed),
     )
+
+
+class DPRecipe:
+    """A DP-SGD training recipe ``recipe(dataset, seed) -> model`` (the convention of :func:`adverse.zoo.recipe`):
+    an :class:`~adverse.zoo.MLP` on the flattened inputs trained by :func:`train_dp` to ``(epsilon, delta)``.
+
+    ``epsilon`` and ``delta`` are the target guarantee; each returned model carries its accountant's
+    ``dp_epsilon`` and ``dp_delta``. Picklable, so executors can ship it. Used by
+    :func:`adverse.privacy.audit_dp` and its benchmark.
+
+    Parameters
+    ----------
+    epsilon, delta : the target ``(ε, δ)`` (``delta`` below ``1 / len(dataset)``).
+    epochs, lr, batch_size, max_grad_norm, accountant : as in :func:`train_dp`.
+    hidden : the MLP's hidden widths.
+    """
+
+    def __init__(self, epsilon: float, delta: float = 1e-5, *, epochs: int = 10, lr: float = 0.5,
+                 batch_size: int = 64, max_grad_norm: float = 1.0, accountant: str = "rdp",
+                 hidden: tuple[int, ...] = (128, 64)) -> None:
+        self.epsilon, self.delta = float(epsilon), float(delta)
+        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+        self.max_grad_norm, self.accountant, self.hidden = float(max_grad_norm), accountant, tuple(hidden)
+
+    def __repr__(self) -> str:
+        return (f"DPRecipe(epsilon={self.epsilon:g}, delta={self.delta:g}, epochs={self.epochs}, lr={self.lr:g}, "
+                f"batch_size={self.batch_size}, max_grad_norm={self.max_grad_norm:g})")
+
+    def __call__(self, data: Dataset, seed: int) -> nn.Module:
+        from ..zoo import MLP, TRAIN_THREADS, fixed_threads
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = MLP(int(data.x[0].numel()), data.num_classes, self.hidden)
+        with fixed_threads(TRAIN_THREADS):
+            return train_dp(model, data, target_epsilon=self.epsilon, delta=self.delta, epochs=self.epochs,
+                            max_grad_norm=self.max_grad_norm, lr=self.lr, batch_size=min(self.batch_size, len(data)),
+                            accountant=self.accountant, seed=int(seed)).model
