@@ -28,8 +28,9 @@ interpolation (``benchmarks/compare_corruptions_reference.py`` measures it). Whe
 that are not used here the operation is re-implemented from its definition: OpenCV's ``filter2D`` / ``GaussianBlur``
 (correlation with reflect-101 borders), scikit-image's HSV round trip (brightness adds ``c`` to V = max over channels,
 which scales each pixel's channels by V'/V), its salt-and-pepper noise, and ImageMagick's ``MotionBlurImage`` (a
-one-sided Gaussian of ``2⌈radius⌉+1`` taps along the angle, edge pixels repeated) for motion blur and snow — those
-two could not be run against the reference here (no ImageMagick). Two reference quirks are kept because CIFAR-10-C
+one-sided Gaussian of ``2⌈radius⌉+1`` taps along the angle, edge pixels repeated) for motion blur and snow —
+ImageMagick was not available to run, so that kernel was checked against imagecorruptions' NumPy port of it
+(identical to 1e-15), which then stood in for ImageMagick inside the reference's motion_blur and snow. Two reference quirks are kept because CIFAR-10-C
 was made with them: glass blur's "swap" copies the neighbour into the pixel and leaves the neighbour unchanged
 (NumPy views on the right-hand side), and its shifts are drawn from ``randint(-1, 1)``, i.e. −1 or 0. The reference
 stores intermediates as uint8 (glass blur, snow's layer, the PNG round trips of ImageMagick); here they stay floats,
