@@ -19,7 +19,10 @@ hendrycks/robustness), which were set for 32×32 images. Parameters in pixels (b
 motion-blur length) are applied as they are at every size — at 8×8 a blur covers more of the image; relative ones
 (zoom factors, pixelation ratio) and the elastic transform's (defined as fractions of the image side in the
 reference) scale with the image; fog's plasma fractal is drawn on the smallest power-of-two square that covers the
-image (32 for CIFAR, as in the reference).
+image (32 for CIFAR, as in the reference). On 8×8 digits this means: zoom blur's severity 1 is the identity (the
+reference's centre crop ⌈8/z⌉ is the whole image for every z ≤ 1.06, as ⌈32/z⌉ is at 32×32 for z ≤ 1.03),
+pixelate goes through 7, 7, 6, 6, 5 pixels, and glass blur's one-pixel moves and the blurs are relatively 4× larger
+than on CIFAR (``benchmarks/BENCHMARKS.md``, "Corruptions", has the digits accuracy per corruption and severity).
 
 **Faithfulness.** Each corruption follows the reference's arithmetic and the order and shape of its random draws:
 with a ``numpy.random.RandomState`` in place of the generator the noises, glass blur, fog and the elastic transform
@@ -30,8 +33,8 @@ that are not used here the operation is re-implemented from its definition: Open
 which scales each pixel's channels by V'/V), its salt-and-pepper noise, and ImageMagick's ``MotionBlurImage`` (a
 one-sided Gaussian of ``2⌈radius⌉+1`` taps along the angle, edge pixels repeated) for motion blur and snow —
 ImageMagick was not available to run, so that kernel was checked against imagecorruptions' NumPy port of it
-(identical to 1e-15), which then stood in for ImageMagick inside the reference's motion_blur and snow. Two reference quirks are kept because CIFAR-10-C
-was made with them: glass blur's "swap" copies the neighbour into the pixel and leaves the neighbour unchanged
+(identical to 1e-15), which then stood in for ImageMagick inside the reference's motion_blur and snow. Two
+reference quirks are kept because CIFAR-10-C was made with them: glass blur's "swap" copies the neighbour into the pixel and leaves the neighbour unchanged
 (NumPy views on the right-hand side), and its shifts are drawn from ``randint(-1, 1)``, i.e. −1 or 0. The reference
 stores intermediates as uint8 (glass blur, snow's layer, the PNG round trips of ImageMagick); here they stay floats,
 so outputs are not quantized except by JPEG. Grayscale (C = 1) images are corrupted as one channel (snow's gray
