@@ -94,6 +94,10 @@ def _nchw(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
 
 
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1)
+
+
 def _nhwc_shape(x: np.ndarray) -> tuple[int, int, int, int]:
     n, c, h, w = x.shape
     return n, h, w, c
@@ -217,10 +221,6 @@ def _gaussian_noise(x: np.ndarray, sigma: float, rng: Rng) -> np.ndarray:
 def _shot_noise(x: np.ndarray, photons: float, rng: Rng) -> np.ndarray:
     """Poisson (shot) noise: intensity × ``photons`` counts, divided back."""
     return _nchw(rng.poisson(_nhwc(x) * photons)) / photons
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 2, 3, 1)
 
 
 def _impulse_noise(x: np.ndarray, amount: float, rng: Rng) -> np.ndarray:
@@ -608,37 +608,35 @@ def corruption_accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.
     try:
         for m, _ in modes:
             m.eval()
-        with torch.no_grad():
-            clean = [sum(c.correct(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)) / n
+        with torch.no_grad():  # correct predictions, counted: CE ratios are exact (a zero sum is exactly 0)
+            clean = [sum(c.correct(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size))
                      for c in models]
-            acc: list[dict[str, dict[int, float]]] = [{} for _ in models]
+            hits: list[dict[str, dict[int, int]]] = [{name: {} for name in names} for _ in models]
             for name in names:
-                for t in acc:
-                    t[name] = {}
                 for s in sev:
                     rng = _rng(seed, name, s)  # one stream across batches: same images as corrupt(x, ...)
-                    hits = [0] * len(models)
+                    for k in range(len(models)):
+                        hits[k][name][s] = 0
                     for i in range(0, n, batch_size):
                         xc = _corrupt_batch(x[i:i + batch_size], name, s, rng, bounds)
                         for k, c in enumerate(models):
-                            hits[k] += c.correct(xc, y[i:i + batch_size])
-                    for k in range(len(models)):
-                        acc[k][name][s] = hits[k] / n
+                            hits[k][name][s] += c.correct(xc, y[i:i + batch_size])
     finally:
         for m, was in modes:
             m.train(was)
-    result = CorruptionResult(names, sev, n, seed, clean[0], acc[0],
+    acc = [{c: {s: h[c][s] / n for s in sev} for c in names} for h in hits]
+    result = CorruptionResult(names, sev, n, seed, clean[0] / n, acc[0],
                               corruption_mean={c: _mean(list(acc[0][c].values())) for c in names},
                               severity_mean={s: _mean([acc[0][c][s] for c in names]) for s in sev},
                               mean_accuracy=_mean([a for c in names for a in acc[0][c].values()]))
     if baseline is not None:
-        err = {c: [1 - acc[0][c][s] for s in sev] for c in names}
-        base = {c: [1 - acc[1][c][s] for s in sev] for c in names}
-        e0, b0 = 1 - clean[0], 1 - clean[1]
-        result.baseline_clean_accuracy = clean[1]
+        # error counts: Σ_s E_{s,c} ∝ Σ_s (n − hits), Σ_s (E_{s,c} − E_clean) ∝ Σ_s (clean − hits); n cancels
+        f, b = hits
+        result.baseline_clean_accuracy = clean[1] / n
         result.baseline_accuracy = acc[1]
-        result.ce = {c: _ratio(sum(err[c]), sum(base[c])) for c in names}
-        result.relative_ce = {c: _ratio(sum(e - e0 for e in err[c]), sum(b - b0 for b in base[c])) for c in names}
+        result.ce = {c: _ratio(sum(n - f[c][s] for s in sev), sum(n - b[c][s] for s in sev)) for c in names}
+        result.relative_ce = {c: _ratio(sum(clean[0] - f[c][s] for s in sev), sum(clean[1] - b[c][s] for s in sev))
+                              for c in names}
         result.mce = _mean(list(result.ce.values()))
         result.relative_mce = _mean(list(result.relative_ce.values()))
     return result
