@@ -403,6 +403,9 @@ def _rng(seed: int, name: str, severity: int) -> np.random.Generator:
 
 # --------------------------------------------------------------------------------------------------- checks
 def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str):
+        raise InputError(f"{where}: name must be a corruption's name (a string), got {type(name).__name__}; choose "
+                         f"one of {', '.join(CORRUPTIONS)}")
     if name in LEFT_OUT:
         raise InputError(f"{where}: name {name!r} is left out of adverse's corruptions: it {LEFT_OUT[name]}; "
                          f"choose one of {', '.join(CORRUPTIONS)}")
@@ -427,6 +430,7 @@ def _check_images(x: Any, bounds: tuple[float, float], where: str, names: Sequen
                          f"C = {x.shape[1]}; leave them out of the corruptions")
     if x.numel() == 0:
         return
+    x = x.detach()
     if torch.isnan(x).any():
         raise InputError(f"{where}: x contains NaN; clean or drop those images first")
     lo, hi = float(bounds[0]), float(bounds[1])
