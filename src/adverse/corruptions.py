@@ -466,7 +466,8 @@ def corrupt(x: torch.Tensor, name: str, severity: int, *, seed: int = 0,
 
     Returns
     -------
-    Tensor of the same shape, dtype and device as ``x``, inside ``bounds``.
+    Tensor of the same shape, dtype and device as ``x``, inside ``bounds``; not differentiable (the corruptions
+    run in NumPy / SciPy / Pillow on a detached copy).
 
     References
     ----------
