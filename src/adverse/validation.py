@@ -147,6 +147,10 @@ RULES: dict[str, Rule] = {
     "seed": SEED,
     "bounds": Rule("bounds"),
     "alpha": POSITIVE,
+    # backdoor scan (defenses.backdoor_scan)
+    **dict.fromkeys(("starts", "nc_steps", "mm_steps"), COUNT),
+    "nc_threshold": NONNEG,
+    "significance": OPEN_FRACTION,
 }
 
 _NUMERIC = {"int": "int", "float": "real", "bool": "bool"}

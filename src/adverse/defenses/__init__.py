@@ -13,6 +13,8 @@ Names load lazily from their modules:
 * ``evaluation``: ``evaluate`` (undefended vs oblivious vs adaptive attacker, with a verdict);
 * ``poison_detection``: ``activation_clustering``, ``spectral_signatures``, ``strip``, ``neural_cleanse``,
   ``fine_pruning``;
+* ``backdoor_scan``: ``scan_backdoor`` (is this trained model backdoored? Neural Cleanse + MM-BD, clean data
+  only), ``mm_bd``, ``mm_bd_p_value``;
 * ``smoothing`` (randomized smoothing), ``bounds`` (interval bound propagation), ``dp`` (DP-SGD through Opacus)
   as submodules.
 """
@@ -23,7 +25,8 @@ import importlib
 from typing import Any
 
 _SUBMODULES = {"training", "regularization", "preprocessing", "detection", "poison_detection",
-               "smoothing", "bounds", "dp", "dimensionality", "feature_selection", "denoising", "evaluation"}
+               "smoothing", "bounds", "dp", "dimensionality", "feature_selection", "denoising", "evaluation",
+               "backdoor_scan"}
 _NAMES = {
     "adversarial_training": "training",
     "adversarial_step": "training",
@@ -47,6 +50,9 @@ _NAMES = {
     "strip": "poison_detection",
     "neural_cleanse": "poison_detection",
     "fine_pruning": "poison_detection",
+    "scan_backdoor": "backdoor_scan",
+    "mm_bd": "backdoor_scan",
+    "mm_bd_p_value": "backdoor_scan",
 }
 
 __all__ = sorted(_SUBMODULES | set(_NAMES))
