@@ -73,23 +73,39 @@ def main() -> None:
             json.dump(rows, f, indent=1)
 
 
+def _rules(scan: dict) -> dict[str, tuple[bool, int | None]]:
+    """(suspected, target) of a stored scan under each rule: the scan's own rule for each method alone and for
+    both (where MM-BD decides), and three other ways of combining them, for comparison."""
+    f, pc, det = scan["flagged"], scan["per_class"], scan["details"]
+    out = {}
+    for name, methods in [("Neural Cleanse alone", ("neural-cleanse",)),
+                          ("MM-BD alone = the scan's verdict", ("neural-cleanse", "mm-bd"))]:
+        suspected, target, _ = _decide({m: f[m] for m in methods}, pc, methods, det)
+        out[name] = (suspected, target)
+    nc, mm = out["Neural Cleanse alone"], out["MM-BD alone = the scan's verdict"]
+    top = det["mm-bd"]["target"]
+    both = sorted(set(f["neural-cleanse"]) & set(f["mm-bd"]))
+    out["(other) both flag the same class"] = (bool(both), both[0] if both else None)
+    out["(other) either flags"] = mm if mm[0] else nc
+    agree = mm[0] or top in f["neural-cleanse"]
+    out["(other) MM-BD, or NC flags MM-BD's top"] = (agree, top if agree else None)
+    return out
+
+
 def summary(rows: list[dict]) -> None:
     """Per rule: backdoored models flagged with the right target, and clean models flagged."""
     print()
-    for name, methods in [("Neural Cleanse alone", ("neural-cleanse",)), ("MM-BD alone", ("mm-bd",)),
-                          ("combined (the scan's verdict)", ("neural-cleanse", "mm-bd"))]:
+    for name in _rules(rows[0]["scan"]):
         parts = []
         for kind in ("badnets", "blended", "clean"):
             sel = [r for r in rows if r["kind"] == kind]
             hits = 0
             for r in sel:
-                s = r["scan"]
-                flagged = {m: s["flagged"][m] for m in methods}
-                suspected, target, _ = _decide(flagged, s["per_class"], methods, s["details"])
+                suspected, target = _rules(r["scan"])[name]
                 hits += suspected and (kind == "clean" or target == r["target"])
             what = "false positives" if kind == "clean" else "detected, right target"
             parts.append(f"{kind} {hits}/{len(sel)} {what}")
-        print(f"{name:<30} " + "; ".join(parts))
+        print(f"{name:<40} " + "; ".join(parts))
     secs = sorted(r["seconds"] for r in rows)
     nc = sorted(r["scan"]["seconds"]["neural-cleanse"] for r in rows)
     mm = sorted(r["scan"]["seconds"]["mm-bd"] for r in rows)

@@ -89,22 +89,30 @@ def test_planted_clean_model_is_not_flagged():
     assert all(c["mm_bd_statistic"] == pytest.approx(12.0, abs=1e-3) for c in r.per_class)
 
 
-def test_badnets_digits_model_flagged_and_clean_model_not():
-    """BadNets 2×2 patch at 5 %, target 0 (the SmallCNN of test_poisoning, seed 0) is flagged with target 0 by
-    both methods; the zoo's clean digits-cnn is not flagged (fewer optimization steps than the defaults: the
-    benchmark measures the defaults)."""
+def test_badnets_blended_and_clean_digits_models():
+    """Digits SmallCNNs (12 epochs, seed 0), fewer optimization steps than the defaults (the benchmark measures the
+    defaults). BadNets 2×2 patch at 5 %, target 0: both methods point at class 0 (Neural Cleanse flags it, MM-BD
+    ranks it first), but MM-BD's p-value (0.068 here, as on one of the benchmark's three BadNets models) is not
+    below 0.05, so the verdict leaves it as weak evidence, which the notes say. Blended (noise key, α 0.2) at 5 %,
+    target 0: flagged with target 0. The zoo's clean digits-cnn: not flagged."""
+    from test_poisoning import cnn_train_fn, digits_train
+
+    from adverse.poisoning import blended
     from adverse.zoo import pretrained
 
     te = digits_test()
     x, y = te.x[:270], te.y[:270]
+    fast = {"nc_steps": 80, "batch_size": 32, "starts": 10, "mm_steps": 150, "seed": 0}
     _, bad = badnets_model(0.05)
     before = _state(bad)
-    r = scan_backdoor(bad, x, y, nc_steps=80, batch_size=32, starts=10, mm_steps=150, seed=0)
+    r = scan_backdoor(bad, x, y, **fast)
     _same_state(bad, before)
-    assert r.suspected and r.target == 0, (r.flagged, r.p_value)
-    assert 0 in r.flagged["neural-cleanse"] and r.details["mm-bd"]["target"] == 0
-    clean = pretrained("digits-cnn")
-    r = scan_backdoor(clean, x, y, nc_steps=80, batch_size=32, starts=10, mm_steps=150, seed=0)
+    assert r.flagged["neural-cleanse"] == [0] and r.details["mm-bd"]["target"] == 0 and r.p_value < 0.1, r.p_value
+    assert r.suspected == (r.p_value < 0.05) and (r.suspected or any("weak evidence" in n for n in r.notes))
+    bl = cnn_train_fn(blended(digits_train(), target=0, rate=0.05, alpha=0.2, seed=0).dataset(), 0)
+    r = scan_backdoor(bl, x, y, **fast)
+    assert r.suspected and r.target == 0 and r.p_value < 1e-3, (r.flagged, r.p_value)
+    r = scan_backdoor(pretrained("digits-cnn"), x, y, **fast)
     assert not r.suspected and r.verdict == "no backdoor found", (r.flagged, r.p_value)
 
 
@@ -158,7 +166,9 @@ def test_result_is_json_safe_and_progress_is_reported():
     assert seen[-1] == (2 * K, 2 * K) and all(b[0] > a[0] for a, b in itertools.pairwise(seen))
     assert len(seen) >= K  # per class, not per method
     one = scan_backdoor(model, x, y, methods=("mm-bd",), starts=2, mm_steps=5)
-    assert set(one.flagged) == {"mm-bd"} and "neural-cleanse" not in one.rule.lower()
+    assert set(one.flagged) == {"mm-bd"} and one.rule == r.rule == "MM-BD's p-value is below the level"
+    nc = scan_backdoor(model, x, y, methods="neural-cleanse", nc_steps=5)
+    assert set(nc.flagged) == {"neural-cleanse"} and "Neural Cleanse" in nc.rule
 
 
 def test_mm_bd_leaves_the_model_as_found():

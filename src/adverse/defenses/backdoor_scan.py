@@ -36,14 +36,19 @@ from ..validation import validated
 ProgressFn = Callable[[int, int], None]
 METHODS = ("neural-cleanse", "mm-bd")
 
-# The decision rule's false-positive rate on clean models, as measured by ``benchmarks/bench_backdoor_scan.py``
-# with the defaults of :func:`scan_backdoor` (see benchmarks/BENCHMARKS.md, "Backdoor scan"). Keys: the
-# methods run; values: flagged clean models, clean models scanned. A scan reports the entry of its own methods.
-FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 10"
+# The decision rule's false-positive rate on clean models and detection rate on backdoored ones (right target), as
+# measured by FPR_COMMAND with the defaults of :func:`scan_backdoor` (benchmarks/BENCHMARKS.md, "Backdoor scan").
+# Keys: the methods run (sorted); values: (flagged, scanned). With both methods MM-BD decides (see _decide).
+FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 20"
 FALSE_POSITIVE_RATE: dict[tuple[str, ...], tuple[int, int]] = {
     ("neural-cleanse",): (0, 0),
     ("mm-bd",): (0, 0),
     ("mm-bd", "neural-cleanse"): (0, 0),
+}
+DETECTION_RATE: dict[tuple[str, ...], dict[str, tuple[int, int]]] = {
+    ("neural-cleanse",): {"badnets": (0, 0), "blended": (0, 0)},
+    ("mm-bd",): {"badnets": (0, 0), "blended": (0, 0)},
+    ("mm-bd", "neural-cleanse"): {"badnets": (0, 0), "blended": (0, 0)},
 }
 
 
@@ -271,12 +276,16 @@ def _json(v: Any) -> Any:
 
 
 def false_positive_rate(methods: Sequence[str]) -> dict[str, Any]:
-    """The measured false-positive rate of the scan's decision rule with ``methods`` (see
-    :data:`FALSE_POSITIVE_RATE`): flagged clean models, clean models scanned, their ratio and the command."""
+    """The measured false-positive rate of the scan's decision rule with ``methods`` (:data:`FALSE_POSITIVE_RATE`):
+    flagged clean models, clean models scanned and their ratio, the detection rate on BadNets and Blended models
+    (:data:`DETECTION_RATE`: flagged with the right target, scanned), and the command that measured them."""
     key = tuple(sorted(methods))
     flagged, scanned = FALSE_POSITIVE_RATE.get(key, (0, 0))
+    detection = {a: {"detected": d, "scanned": n, "rate": d / n if n else None}
+                 for a, (d, n) in DETECTION_RATE.get(key, {}).items()}
     return {"flagged": flagged, "scanned": scanned, "rate": flagged / scanned if scanned else None,
-            "measured_by": FPR_COMMAND, "models": "SmallCNN on digits (adverse.zoo.recipe('digits-cnn'))"}
+            "detection": detection, "measured_by": FPR_COMMAND,
+            "models": "SmallCNN on digits, adverse.zoo.recipe('digits-cnn'); BadNets 2x2 and Blended alpha 0.2 at 5 %"}
 
 
 class _Counting(nn.Module):
@@ -317,10 +326,11 @@ def scan_backdoor(
     median; :func:`adverse.defenses.neural_cleanse` with ``unlearn=False``) and MM-BD (maximum margin per class,
     gamma-null p-value < ``significance``; :func:`mm_bd`), as ``methods`` selects.
 
-    Decision rule (both methods): a backdoor is suspected when MM-BD's p-value is below ``significance``, or when
-    Neural Cleanse flags the class with MM-BD's largest statistic; that class is the suspected target. With one
-    method, that method's flag decides. The rate at which the rule flags clean models, as measured, is in the
-    result (:data:`FALSE_POSITIVE_RATE`).
+    Decision rule: when MM-BD runs, it decides: a backdoor is suspected when its p-value is below
+    ``significance``, with its top class as the target; Neural Cleanse's per-class evidence and flags are reported
+    beside it, and the notes say whether the two agree. Neural Cleanse alone decides only when it runs alone. The
+    rate at which the rule flags clean models, as measured, is in the result (:data:`FALSE_POSITIVE_RATE`), with
+    the detection rate on BadNets and Blended models.
 
     Parameters
     ----------
@@ -408,35 +418,48 @@ def scan_backdoor(
         base += k
         report(base)
     suspected, target, rule = _decide(flagged, per_class, methods, details)
-    if suspected:
-        verdict = f"backdoor suspected: target class {target}"
-    else:
-        verdict = "no backdoor found"
-        one = [m for m in methods if flagged[m]]
-        if one:
-            notes.append(" and ".join(f"{m} flagged class(es) {flagged[m]}" for m in one) + ", which the rule does "
-                         "not call a backdoor on its own: " + rule)
+    verdict = f"backdoor suspected: target class {target}" if suspected else "no backdoor found"
+    notes += _agreement(flagged, methods, details, p_value, significance)
     return BackdoorScanResult(verdict, suspected, target, per_class, flagged, p_value, rule,
                               false_positive_rate(methods), methods, seconds, notes, details)
+
+
+def _agreement(flagged: dict[str, list[int]], methods: tuple[str, ...], details: dict[str, Any],
+               p_value: float | None, significance: float) -> list[str]:
+    """Sentences on where Neural Cleanse's flags and MM-BD's decision agree or not."""
+    if len(methods) < 2:
+        return []
+    nc, top = flagged["neural-cleanse"], int(details["mm-bd"]["target"])
+    if flagged["mm-bd"]:
+        if top in nc:
+            return [f"Neural Cleanse also flags class {top}: a small patch trigger reaches it"]
+        return [f"Neural Cleanse does not flag class {top}: the trigger may not be a small patch (blend, warp)"
+                + (f"; it flags {nc} instead" if nc else "")]
+    if top in nc:
+        return [(f"Neural Cleanse flags class {nc}, and class {top} has MM-BD's largest statistic, but MM-BD's p-value "
+                f"{p_value:.3g} is not below {significance:g}: weak evidence only (on clean digits CNNs Neural "
+                "Cleanse's flag and MM-BD's top class often coincide)")]
+    if nc:
+        return [(f"Neural Cleanse flags class(es) {nc}, MM-BD none; Neural Cleanse alone flags clean models too often "
+                "to decide (see false_positive_rate)")]
+    return []
 
 
 def _decide(flagged: dict[str, list[int]], per_class: list[dict[str, Any]], methods: tuple[str, ...],
             details: dict[str, Any]) -> tuple[bool, int | None, str]:
     """The scan's decision rule: (suspected, target, the rule in words).
 
-    MM-BD alone: its p-value is below the level; the target is its top class. Neural Cleanse alone: it flags a
-    class; the target is the flagged class with the largest anomaly index. Both: MM-BD is significant, *or* Neural
-    Cleanse flags the class MM-BD ranks first (two independent lines of evidence naming the same class; on a clean
-    model that coincidence needs a Neural Cleanse false flag landing on MM-BD's top class, about 1 in K of them);
-    the target is MM-BD's top class.
+    With MM-BD run, MM-BD decides: suspected when its p-value is below the level, the target its top class;
+    Neural Cleanse's flags are evidence beside it (the notes say when they agree or not). Neural Cleanse alone: it
+    flags a class; the target is the flagged class with the largest anomaly index.
+
+    Why MM-BD decides: on the digits CNNs of ``benchmarks/bench_backdoor_scan.py`` Neural Cleanse flags clean models
+    often, nearly always on the same class (3), which also tends to have the largest margin, so "Neural Cleanse
+    flags MM-BD's top class" is no independent evidence on a clean model; MM-BD alone flagged none of them.
     """
-    if methods == ("neural-cleanse",):
+    if "mm-bd" not in methods:
         nc = flagged["neural-cleanse"]
         target = max(nc, key=lambda c: per_class[c]["nc_anomaly_index"]) if nc else None
         return bool(nc), target, "Neural Cleanse flags a class (anomaly index above the threshold, L1 below the median)"
-    top = int(details["mm-bd"]["target"])
-    if methods == ("mm-bd",):
-        return bool(flagged["mm-bd"]), top if flagged["mm-bd"] else None, "MM-BD's p-value is below the level"
-    hit = bool(flagged["mm-bd"]) or top in flagged["neural-cleanse"]
-    return hit, top if hit else None, ("MM-BD's p-value is below the level, or Neural Cleanse flags the class with "
-                                       "MM-BD's largest statistic")
+    hit = bool(flagged["mm-bd"])
+    return hit, int(details["mm-bd"]["target"]) if hit else None, "MM-BD's p-value is below the level"
