@@ -41,14 +41,14 @@ METHODS = ("neural-cleanse", "mm-bd")
 # Keys: the methods run (sorted); values: (flagged, scanned). With both methods MM-BD decides (see _decide).
 FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 20"
 FALSE_POSITIVE_RATE: dict[tuple[str, ...], tuple[int, int]] = {
-    ("neural-cleanse",): (0, 0),
-    ("mm-bd",): (0, 0),
-    ("mm-bd", "neural-cleanse"): (0, 0),
+    ("neural-cleanse",): (6, 20),  # all six on class 3
+    ("mm-bd",): (0, 20),
+    ("mm-bd", "neural-cleanse"): (0, 20),  # MM-BD decides
 }
 DETECTION_RATE: dict[tuple[str, ...], dict[str, tuple[int, int]]] = {
-    ("neural-cleanse",): {"badnets": (0, 0), "blended": (0, 0)},
-    ("mm-bd",): {"badnets": (0, 0), "blended": (0, 0)},
-    ("mm-bd", "neural-cleanse"): {"badnets": (0, 0), "blended": (0, 0)},
+    ("neural-cleanse",): {"badnets": (3, 3), "blended": (3, 3)},
+    ("mm-bd",): {"badnets": (2, 3), "blended": (3, 3)},  # the missed BadNets model: p 0.066
+    ("mm-bd", "neural-cleanse"): {"badnets": (2, 3), "blended": (3, 3)},
 }
 
 
