@@ -194,6 +194,8 @@ def test_bad_input_is_refused_by_name():
         scan_backdoor(model, x, y, significance=1.0)
     with pytest.raises(InputError, match="num_classes"):
         scan_backdoor(model, x, y, num_classes=2)
+    with pytest.raises(InputError, match=r"model.cpu\(\)"):
+        scan_backdoor(Planted().to("meta"), x, y)  # stands for a GPU model: Neural Cleanse runs on the CPU only
     with pytest.raises(InputError, match="shape"):
         mm_bd(model, (1, 0, 8))
     with pytest.raises(InputError, match="statistics"):

@@ -360,6 +360,9 @@ def scan_backdoor(
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     x_clean, y_clean = check_inputs(x_clean, y_clean, bounds)
+    if "neural-cleanse" in methods and _device(model).type != "cpu":
+        raise InputError(f"the model is on {_device(model)}, but neural_cleanse builds its triggers on the CPU; pass "
+                         "model.cpu() and CPU tensors, or methods=('mm-bd',), which runs on the model's device")
     with attack_mode(model), torch.no_grad():
         out = model(x_clean[:1].to(_device(model)))
     if out.dim() != 2 or out.shape[1] < 2:
