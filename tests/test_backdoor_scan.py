@@ -198,6 +198,8 @@ def test_bad_input_is_refused_by_name():
         scan_backdoor(Planted().to("meta"), x, y)  # stands for a GPU model: Neural Cleanse runs on the CPU only
     with pytest.raises(InputError, match="shape"):
         mm_bd(model, (1, 0, 8))
+    with pytest.raises(InputError, match="num_classes"):
+        mm_bd(model, (1, 8, 8), num_classes=1)
     with pytest.raises(InputError, match="statistics"):
         mm_bd_p_value(torch.tensor([1.0]))
     with pytest.raises(InputError, match="statistics"):

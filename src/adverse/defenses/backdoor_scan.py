@@ -184,8 +184,9 @@ def mm_bd(
         if out.dim() != 2 or out.shape[1] < 2:
             raise InputError(f"the model must return logits of shape (n, classes ≥ 2), got {tuple(out.shape)}")
         k_all = int(out.shape[1]) if num_classes is None else int(num_classes)
-        if k_all > out.shape[1]:
-            raise InputError(f"num_classes is {k_all} but the model returns {out.shape[1]} logits; pass None")
+        if not 2 <= k_all <= out.shape[1]:
+            raise InputError(f"num_classes must be between 2 and the model's {out.shape[1]} logits, got {k_all}; pass "
+                             "None to use them all")
         per = max(1, batch_size // starts)
         r = torch.empty(k_all, dtype=torch.float64)
         best_x = torch.empty((k_all, *shape))
