@@ -8,7 +8,9 @@ ART's activation clustering returns only a decision (clean / poison), so its AUR
 one of its cluster analyses is run and the best row is reported beside its default. With ``--retrain`` each
 decision is applied (flagged samples removed), the model retrained with the same recipe and seed, and clean
 accuracy / ASR measured on the digits test split; Fine-Pruning (adverse only; ART has no Fine-Pruning) repairs the
-poisoned model with the first half of the test split and is measured on the second half.
+poisoned model with the first half of the test split (its first two thirds rank the channels and fine-tune, the last
+third is the held-out validation set of the stopping rule) and is measured on the second half; a sweep that prunes
+every channel in the same order (no accuracy budget) says how many must go before the ASR falls below 0.5.
 
 ART is imported only here and only when installed (it is not a dependency of adverse). Usage:
 ``python benchmarks/compare_poison_defenses_art.py --threads 1 --seeds 0 1 2 --rates 0.01 0.05 0.1 0.2 --retrain``
@@ -18,6 +20,7 @@ ART is imported only here and only when installed (it is not a dependency of adv
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -27,6 +30,7 @@ from torch import nn
 
 from adverse.data import Dataset, digits
 from adverse.defenses import activation_clustering, fine_pruning, spectral_signatures
+from adverse.defenses.poison_detection import prune_by_activation
 from adverse.poisoning import backdoor_metrics, badnets, detection_quality, trainer
 from adverse.zoo import SmallCNN
 
@@ -142,7 +146,9 @@ def main() -> None:
                       f"{q['tpr']:5.2f} {q['fpr']:5.3f}  {int(flagged.sum()):7d} {after:>15}  {sec:.1f}", flush=True)
             if args.retrain:
                 t0 = time.perf_counter()
-                fp = fine_pruning(model, defender.x, defender.y, seed=seed,
+                tune = 2 * half // 3
+                fp = fine_pruning(model, defender.x[:tune], defender.y[:tune], seed=seed,
+                                  x_val=defender.x[tune:], y_val=defender.y[tune:],
                                   monitor=lambda m, pd=pd: {"asr": backdoor_metrics(m, pd, held)["asr"]})
                 b = backdoor_metrics(fp.model, pd, held)
                 rows.append({"rate": rate, "seed": seed, "method": "adverse Fine-Pruning",
@@ -152,6 +158,20 @@ def main() -> None:
                 print(f"{rate:5.2f} {seed:4d} {'adverse Fine-Pruning':<34} pruned {fp.pruned.numel()} of "
                       f"{fp.activation.numel()}, ASR then {at_prune['asr']:.3f}; after fine-tuning: "
                       f"{b['clean_accuracy']:9.3f} {b['asr']:5.3f}  {time.perf_counter() - t0:.1f}", flush=True)
+                print(f"{'':>11}notes: {fp.notes}")
+                swept = copy.deepcopy(model).eval()  # every channel, same order, no accuracy budget
+                conv = [m for m in swept.modules() if isinstance(m, nn.Conv2d)][-1]
+                *_, curve = prune_by_activation(swept, conv, defender.x[:tune], defender.y[:tune],
+                                                max_accuracy_drop=1.0, max_fraction=1.0,
+                                                monitor=lambda m, pd=pd: backdoor_metrics(m, pd, held))
+                low = next((h for h in curve if h["asr"] < 0.5), None)
+                rows[-1].update(sweep=[{k: h[k] for k in ("pruned", "asr")} | {"held_clean": h["clean_accuracy"]}
+                                       for h in curve])
+                print(f"{'':>11}sweep: ASR < 0.5 first with "
+                      + (f"{low['pruned']} of {conv.out_channels} channels pruned, clean acc (held-out) then "
+                         f"{low['clean_accuracy']:.3f}" if low else f"no number of the {conv.out_channels} channels")
+                      + "; ASR at 25/50/75 % pruned: "
+                      + "/".join(f"{curve[conv.out_channels * q // 4]['asr']:.2f}" for q in (1, 2, 3)), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1, default=float)

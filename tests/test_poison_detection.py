@@ -110,13 +110,35 @@ def test_activation_clustering_finds_the_small_blob_of_every_label(kwargs):
         assert all(r["l"] == 0 and r["source"] != r["label"] for r in failed) and len(failed) >= 3
 
 
-def test_spectral_signatures_find_the_small_blob_of_every_label():
+@pytest.mark.parametrize("scoring", ["auto", "paper", "split"])
+def test_spectral_signatures_find_the_small_blob_of_every_label(scoring):
     data, truth = _blobs()
-    ss = spectral_signatures(_Identity(12, 3), data, expected_fraction=0.1, multiplier=1.5)
+    ss = spectral_signatures(_Identity(12, 3), data, expected_fraction=0.1, multiplier=1.5, scoring=scoring)
     assert torch.equal(ss.flagged, truth)  # 1.5 · 0.1 · 60 = 9 per label: exactly the blob
     q = ss.evaluate(truth)
     assert q["auroc"] == 1.0 and q["tpr_at_fpr_0.05"] == 1.0 and ss.notes == []
+    assert ss.details["scoring"] == ("split" if scoring == "split" else "paper")
+    if scoring == "split":  # ε < 0.5: the larger side of every label's split is the legitimate one
+        assert all(s["sizes"][s["legitimate_side"]] == 51 for s in ss.details["splits"].values())
     assert spectral_signatures(_Identity(12, 3), data, expected_fraction=0.4).notes  # 60 % of every label
+
+
+@pytest.mark.parametrize("n_small", [30, 36])
+def test_spectral_signatures_majority_blob(n_small):
+    """Oracle: the planted blob is half (30 of 60) or three fifths (36) of every label. The paper's squared
+    projection is symmetric, so it cannot rank the blob (AUROC ≤ 0.75 here); with ε ≥ 0.5 the score is one-sided,
+    away from the tighter side of each label's split (the legitimate blob; the planted one is drawn from two
+    source labels), and every planted sample ranks first and is removed; the notes say so. With ε too low for
+    the blob, a note says which label splits and what ε would cover it."""
+    data, truth = _blobs(n_label=60, n_small=n_small)
+    ss = spectral_signatures(_Identity(12, 3), data, expected_fraction=0.6)
+    q = ss.evaluate(truth)
+    assert ss.details["scoring"] == "split" and q["auroc"] == 1.0 and q["tpr_at_fpr_0.05"] == 1.0, q
+    assert bool(ss.flagged[truth].all()) and any("one-sided" in n for n in ss.notes)
+    paper = spectral_signatures(_Identity(12, 3), data, expected_fraction=0.6, scoring="paper")
+    assert paper.evaluate(truth)["auroc"] <= 0.75
+    low = spectral_signatures(_Identity(12, 3), data, expected_fraction=0.1)
+    assert sum("splits along its top singular direction" in n for n in low.notes) == 3, low.notes
 
 
 def test_activation_clustering_majority_poisons():
@@ -216,6 +238,21 @@ def test_ranking_of_badnets_poisons_at_5_percent():
         assert q["auroc"] >= 0.97 and q["tpr_at_fpr_0.05"] >= 0.9, (found.method, q)
 
 
+def test_spectral_signatures_badnets_10_percent():
+    """Statistical: at 10 % the BadNets poisons are half of label 0, beyond the paper's setting; with ε = 0.5 the
+    one-sided score ranks them first and the 1.5 ε rule removes them all. Measured with this recipe (12 epochs) over
+    training and poisoning seeds 0, 1, 2: AUROC 1.000 / 1.000 / 1.000, TPR at 5 % FPR and decision TPR 1.00 on
+    every seed; the paper's symmetric score on the same models: AUROC 0.453 / 0.464 / 0.434, TPR at 5 % FPR 0.00.
+    The bounds leave a margin of 0.03 in AUROC and 0.1 in TPR (and ≥ 0.2 between the two scores)."""
+    pd, model = badnets_model(0.1)
+    ss = spectral_signatures(model, pd.dataset(), expected_fraction=0.5, layer="head.1")
+    q = ss.evaluate(pd.is_poison)
+    assert ss.details["scoring"] == "split" and q["auroc"] >= 0.97 and q["tpr_at_fpr_0.05"] >= 0.9, q
+    assert q["tpr"] >= 0.9 and any("one-sided" in n for n in ss.notes), (q, ss.notes)
+    paper = spectral_signatures(model, pd.dataset(), expected_fraction=0.5, layer="head.1", scoring="paper")
+    assert paper.evaluate(pd.is_poison)["auroc"] <= 0.7
+
+
 def test_spectral_signatures_and_strip_on_badnets():
     pd, model = badnets_model(0.05)
     ss = spectral_signatures(model, pd.dataset(), expected_fraction=0.1, layer="head.1")
@@ -247,12 +284,17 @@ def test_fine_pruning_returns_pruned_copy():
     """Fine-Pruning's bookkeeping; on this 2-conv CNN it does not remove the BadNets backdoor (measured ASR
     stays ≥ 0.9, as in BackdoorBench where FP leaves BadNets at 57 %), which the final assertion records, and the
     result says so in its notes when given a monitor."""
+    from adverse.poisoning.metrics import clean_accuracy
+
     pd, model = badnets_model(0.05)
     defender, held_out = _split()
     before = _state(model)
-    fp = fine_pruning(model, defender.x, defender.y, fine_tune_epochs=3, seed=0,
+    tune = 2 * len(defender) // 3  # the rest: the held-out validation set of the stopping rule
+    fp = fine_pruning(model, defender.x[:tune], defender.y[:tune], fine_tune_epochs=3, seed=0,
+                      x_val=defender.x[tune:], y_val=defender.y[tune:],
                       monitor=lambda m: {"asr": backdoor_metrics(m, pd, held_out)["asr"]})
     _same_state(model, before)
+    assert fp.accuracy["original"] == clean_accuracy(model, defender.x[tune:], defender.y[tune:])
     assert [h["stage"] for h in fp.history].count("fine-tuned") == 1 and fp.history[0]["pruned"] == 0
     assert any("does not live in the channels" in n for n in fp.notes), fp.notes
     assert fp.model is not model and fp.pruned.numel() >= 1
@@ -298,11 +340,15 @@ def test_bad_input():
         activation_clustering(model, data, layer="nope")
     with pytest.raises(InputError, match="expected_fraction"):
         spectral_signatures(model, data, expected_fraction=2.0)
+    with pytest.raises(InputError, match="scoring"):
+        spectral_signatures(model, data, scoring="both")
     with pytest.raises(InputError, match="at least 4"):
         strip(model, data.x[:5], data.x[:2])
     with pytest.raises(InputError, match="outside bounds"):
         strip(model, data.x[:5] + 2, data.x)
     with pytest.raises(InputError, match="Conv2d"):
         fine_pruning(model, data.x, data.y)
+    with pytest.raises(InputError, match="x_val and y_val"):
+        fine_pruning(model, data.x, data.y, x_val=data.x)
     with pytest.raises(InputError, match="outside bounds"):
         neural_cleanse(model, data.x - 1, data.y)

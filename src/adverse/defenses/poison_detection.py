@@ -307,6 +307,9 @@ def activation_clustering(
 
 
 # ------------------------------------------------------------------------------------ spectral signatures
+SCORINGS = ("auto", "paper", "split")
+
+
 def spectral_signature_scores(r: torch.Tensor, *, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Tran, Li & Madry's outlier score for one label's representations ``r`` (n × d): with ``R̂`` their mean and
     ``v`` the top right singular vector of ``r − R̂``, the score is ``τ_i = ((R_i − R̂) · v)²``.
@@ -319,18 +322,64 @@ def spectral_signature_scores(r: torch.Tensor, *, centre: bool = True) -> tuple[
     return proj**2, proj
 
 
+def _robust_spread(x: torch.Tensor) -> torch.Tensor:
+    """1.4826 × the median absolute deviation (the standard deviation for Gaussian data), or the standard
+    deviation where half the values are equal."""
+    mad = 1.4826 * (x - x.median()).abs().median()
+    return mad if float(mad) > 1e-12 else x.std(unbiased=False).clamp_min(1e-12)
+
+
+def _split_along(proj: torch.Tensor) -> torch.Tensor:
+    """The optimal 1-D 2-means split of ``proj`` (least within-side sum of squares; exact, by prefix sums):
+    True for the samples on the upper side."""
+    n = proj.numel()
+    upper = torch.zeros(n, dtype=torch.bool)
+    if n < 2:
+        return upper
+    s, order = proj.double().sort()
+    c, c2 = s.cumsum(0), (s * s).cumsum(0)
+    i = torch.arange(1, n, dtype=torch.float64)  # i samples below the cut, n − i above
+    below = c2[:-1] - c[:-1] ** 2 / i
+    above = (c2[-1] - c2[:-1]) - (c[-1] - c[:-1]) ** 2 / (n - i)
+    upper[order[int((below + above).argmin()) + 1:]] = True
+    return upper
+
+
+def _rms_radius(r: torch.Tensor) -> float:
+    """RMS distance of the rows of ``r`` to their mean."""
+    return float((r - r.mean(0)).pow(2).sum(1).mean().sqrt()) if r.shape[0] > 1 else 0.0
+
+
+def _ashman_d(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Ashman's D of two samples: √2 |mean_a − mean_b| / √(var_a + var_b) (> 2 for a clean bimodal split)."""
+    if a.numel() < 2 or b.numel() < 2:
+        return 0.0
+    return math.sqrt(2) * float((a.mean() - b.mean()).abs() / (a.var() + b.var()).sqrt().clamp_min(1e-12))
+
+
 @validated
 def spectral_signatures(
     model: nn.Module, data: Dataset, *, expected_fraction: float = 0.1, multiplier: float = 1.5,
-    layer: str | nn.Module | None = None, centre: bool = True,
+    layer: str | nn.Module | None = None, centre: bool = True, scoring: str = "auto",
 ) -> PoisonScores:
-    """Spectral signatures: per label, the squared projection of each centred representation on the top
-    singular vector, ``τ_i = ((R_i − R̂) · v)²`` (:func:`spectral_signature_scores`); the ``multiplier · ε ·
-    n_label`` highest are removed from every label (1.5 ε in the paper).
+    """Spectral signatures (Tran et al., Algorithm 1): per label, the top singular vector ``v`` of the centred
+    representations ``R_i − R̂``; each sample is scored by its position along ``v``, and the ``multiplier · ε ·
+    n_label`` highest scores are removed from every label (1.5 ε in the paper).
 
-    Scores are ``τ_i`` divided by the square of the label's robust spread along ``v`` (1.4826 × the median
-    absolute deviation of the projections), so that labels are comparable for AUROC: within a label the order is
-    the paper's, and a label whose top direction is the ordinary variation of clean data gives scores near 1.
+    The score along ``v`` (``scoring``):
+
+    * ``"paper"``: the paper's ``τ_i = ((R_i − R̂) · v)²`` (:func:`spectral_signature_scores`), divided by the
+      square of the label's robust spread along ``v`` (1.4826 × MAD) so that labels are comparable. It assumes
+      the poisons are a minority of their label, outlying on one side; ``τ`` is symmetric, so when poisons are
+      half of a label it cannot tell which side is poisoned, and above half it ranks the clean side first.
+    * ``"split"``: split the label in two along ``v`` (exact 1-D 2-means); the legitimate side
+      is the larger one when ``ε < 0.5`` (the paper's assumption that poisons are a minority) and otherwise the
+      tighter one in the full representation (RMS radius about its own mean: a label's own samples are one
+      population, while an all-to-one backdoor's poisons come from several source labels and spread wider — the
+      tie-break activation clustering's exclusionary analysis uses too). Score: the signed distance along ``v``
+      from the legitimate side's median towards the other side, in units of the legitimate side's robust spread.
+    * ``"auto"`` (default): ``"paper"`` when ``ε < 0.5``, ``"split"`` when ``ε ≥ 0.5`` (poisons may be half
+      of a label or more, outside the paper's setting, where ``τ`` cannot rank them; ``notes`` says so).
 
     Parameters
     ----------
@@ -341,12 +390,17 @@ def spectral_signatures(
     layer : the representation (default: the last ``nn.Linear``'s input). The paper reads a late layer of its
         ResNet; on :class:`adverse.zoo.SmallCNN` the convolutional features (``"head.1"``) are where BadNets poisons
         separate (AUROC 1.00 at 1–5 % vs 0.54–0.89 on the last hidden layer; benchmarks/BENCHMARKS.md).
-    centre : project the centred representations (the paper) or the uncentred ones (the authors' code, ART).
+    centre : ``False`` ranks by the uncentred ``|R_i · v|`` instead, as the authors' released code and ART do (a
+        signed score whose sign depends on the model: AUROC 0.19 on one digits CNN where the centred score gives
+        1.00; benchmarks/BENCHMARKS.md); ``scoring`` is then ignored.
+    scoring : "auto", "paper" or "split" (above).
 
     Returns
     -------
-    PoisonScores (the decision removes the same share of every label, so its FPR is high by design); ``notes``
-    says when ε is too large for the method's assumption that poisons are a small share of their label.
+    PoisonScores (the decision removes the same share of every label, so its FPR is high by design); ``details``
+    has, per label, the sizes of the two sides of the split along ``v``, their RMS radii, Ashman's D of the split
+    and the side taken as legitimate; ``notes`` says when ε is beyond the paper's setting, and when a label splits
+    into two populations (Ashman's D ≥ 6) each larger than the share removed (if one is poisoned, ε is too low).
 
     References
     ----------
@@ -358,25 +412,54 @@ def spectral_signatures(
     if multiplier * eps >= 1:
         raise InputError(f"multiplier · expected_fraction = {multiplier * eps:g} would remove every sample of every "
                          "label; the method assumes poisons are a small share of their label")
+    if scoring not in SCORINGS:
+        raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    rule = "uncentred" if not centre else ("split" if scoring == "split" or (scoring == "auto" and eps >= 0.5)
+                                           else "paper")
     reps = _class_features(model, data, layer)
     y = data.y
     scores = torch.zeros(len(y), dtype=torch.float64)
     flagged = torch.zeros(len(y), dtype=torch.bool)
+    splits: dict[int, dict[str, Any]] = {}
+    notes: list[str] = []
     for c in y.unique():
         rows = (y == c).nonzero().flatten()
-        tau, proj = spectral_signature_scores(reps[rows], centre=centre)
-        spread = 1.4826 * (proj - proj.median()).abs().median()
-        scores[rows] = tau / spread.clamp_min(1e-12) ** 2
+        r = reps[rows]
+        tau, proj = spectral_signature_scores(r, centre=centre)
+        upper = _split_along(proj if centre else spectral_signature_scores(r)[1])
+        sides = [~upper, upper]
+        sizes = [int(s.sum()) for s in sides]
+        radii = [_rms_radius(r[s]) for s in sides]
+        d_split = _ashman_d(proj[~upper], proj[upper])
+        if min(sizes) == 0 or rule != "split":
+            legit = None
+            score = tau / _robust_spread(proj) ** 2
+        else:
+            legit = int(sizes[1] > sizes[0]) if eps < 0.5 else int(radii[1] < radii[0])
+            towards = 1.0 if legit == 0 else -1.0  # from the legitimate side towards the other one
+            inside = proj[sides[legit]]
+            score = towards * (proj - inside.median()) / _robust_spread(inside)
+        scores[rows] = score
         n_remove = min(math.ceil(multiplier * eps * rows.numel() - 1e-9), rows.numel())
-        flagged[rows[tau.argsort(descending=True)[:n_remove]]] = True
-    notes = []
+        flagged[rows[score.argsort(descending=True)[:n_remove]]] = True
+        share = min(sizes) / max(rows.numel(), 1)
+        splits[int(c)] = {"sizes": sizes, "rms_radius": radii, "ashman_d": d_split, "legitimate_side": legit}
+        if d_split >= 6 and share > multiplier * eps:
+            notes.append(f"label {int(c)} splits along its top singular direction into two populations (Ashman's D "
+                         f"{d_split:.1f}) of {sizes[0]} and {sizes[1]} samples: if one is poisoned, poisons are "
+                         f"{share:.0%} of the label or more, more than the {multiplier:g} ε = {multiplier * eps:.2g} the rule "
+                         f"removes; pass expected_fraction ≥ {share:.2g}")
+    if rule == "split" and eps >= 0.5:
+        notes.append(f"ε = {eps:g}: poisons may be half of a label or more, beyond the paper's setting (a minority of "
+                     "their label, which the symmetric squared projection ranks first); the score is one-sided instead, "
+                     "away from the tighter side of each label's split along the top singular direction, taken as "
+                     "the legitimate samples (the poisons of an all-to-one backdoor come from several source labels)")
     if multiplier * eps >= 0.5:
-        notes.append(f"the removal takes {multiplier * eps:.0%} of every label: ε = {eps:g} is beyond the paper's "
-                     "setting (poisons a small share of their label, where the top singular direction separates them "
-                     "from the majority); at half of a label or more the squared projection cannot tell the poisons "
-                     "from the legitimate samples")
+        notes.append(f"the removal takes {multiplier * eps:.0%} of every label, by design of the rule (1.5 ε); "
+                     "clean labels lose as much as the poisoned one")
     return PoisonScores(scores.float(), flagged, float("nan"), "spectral_signatures",
-                        {"expected_fraction": eps, "multiplier": multiplier, "centre": centre}, notes)
+                        {"expected_fraction": eps, "multiplier": multiplier, "centre": centre, "scoring": rule,
+                         "splits": splits}, notes)
 
 
 def _strip_entropy(model: nn.Module, x: torch.Tensor, overlays: torch.Tensor, n: int, blend: str,
@@ -603,11 +686,14 @@ def _last_conv(model: nn.Module) -> nn.Module:
 def prune_by_activation(model: nn.Module, conv: nn.Conv2d, x_clean: torch.Tensor, y_clean: torch.Tensor, *,
                         max_accuracy_drop: float, max_fraction: float,
                         monitor: Callable[[nn.Module], dict] | None = None,
+                        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """The pruning defense of Liu et al. (Sec. 4.1): rank the channels of ``conv`` by their mean activation on
     clean inputs and remove them in increasing order for as long as clean accuracy stays within
-    ``max_accuracy_drop`` of the unpruned model's (at most ``max_fraction`` of the channels). Channels are removed by
-    a gate on the layer's output during the search; the model is returned with the gate removed.
+    ``max_accuracy_drop`` of the unpruned model's (at most ``max_fraction`` of the channels). Clean accuracy is
+    measured on ``validation = (x_val, y_val)`` when given (the paper's held-out clean validation set), otherwise
+    on ``x_clean, y_clean``. Channels are removed by a gate on the layer's output during the search; the model is
+    returned with the gate removed.
 
     Returns ``(pruned channels in order, mean activation per channel, history)``; history has one entry per
     number of pruned channels tried (``pruned``, ``clean_accuracy`` and the ``monitor``'s measurements)."""
@@ -618,11 +704,12 @@ def prune_by_activation(model: nn.Module, conv: nn.Conv2d, x_clean: torch.Tensor
     handle.remove()
     activation = acts[0]
     order = activation.argsort()
+    x_val, y_val = (x_clean, y_clean) if validation is None else validation
     keep = torch.ones(conv.out_channels)
     gate = conv.register_forward_hook(lambda _m, _i, out: out * keep.view(1, -1, 1, 1))
 
     def measure(n: int) -> dict[str, Any]:
-        return {"stage": "pruned", "pruned": n, "clean_accuracy": clean_accuracy(model, x_clean, y_clean),
+        return {"stage": "pruned", "pruned": n, "clean_accuracy": clean_accuracy(model, x_val, y_val),
                 **(monitor(model) if monitor is not None else {})}
 
     history = [measure(0)]
@@ -643,6 +730,7 @@ def fine_pruning(
     model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, *, layer: str | nn.Module | None = None,
     max_accuracy_drop: float = 0.04, max_fraction: float = 0.9, fine_tune_epochs: int = 5, lr: float = 1e-3,
     monitor: Callable[[nn.Module], dict] | None = None, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
+    x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
 ) -> FinePruningResult:
     """Fine-Pruning: prune the channels of the last convolutional layer that clean inputs activate least
     (backdoor neurons hide there), in increasing order of mean activation, as long as clean accuracy stays within
@@ -653,7 +741,8 @@ def fine_pruning(
     Parameters
     ----------
     model : the suspect classifier; left as found (the repair is a deep copy).
-    x_clean, y_clean : clean data the defender holds (used for ranking, the stopping rule and fine-tuning).
+    x_clean, y_clean : clean data the defender holds (used for ranking and fine-tuning, and for the stopping
+        rule when no validation set is given).
     layer : the ``nn.Conv2d`` to prune (default: the last one, the paper's choice).
     max_accuracy_drop : the stopping rule (4 % in the paper's experiments).
     max_fraction : never prune more than this share of the channels.
@@ -661,12 +750,15 @@ def fine_pruning(
     monitor : ``monitor(model) -> dict`` measured after every pruning step and after fine-tuning, e.g.
         ``lambda m: {"asr": attack_success_rate(m, poisoned, x, y)}``; kept in ``history``.
     seed : fine-tuning randomness.
+    x_val, y_val : a held-out clean validation set for the stopping rule and the reported accuracies (the paper's
+        setting); default: ``x_clean, y_clean``.
 
     Returns
     -------
-    FinePruningResult; ``notes`` says when the layer is too small to prune, when the stopping rule ends on the
-    first channel or at ``max_fraction``, and (with a monitor that reports ``asr``) when pruning the idle channels
-    leaves the backdoor in place — the paper's premise that backdoor neurons are idle on clean inputs not holding.
+    FinePruningResult (``accuracy`` and ``history`` measured on the validation set); ``notes`` says when the
+    layer is too small to prune (16 channels or fewer), when the stopping rule ends on the first channel or at
+    ``max_fraction``, and (with a monitor that reports ``asr``) when pruning the idle channels leaves the backdoor
+    in place — the paper's premise that backdoor neurons are idle on clean inputs not holding.
 
     References
     ----------
@@ -678,6 +770,9 @@ def fine_pruning(
     from ..zoo import train_classifier
 
     x_clean, y_clean = check_inputs(x_clean, y_clean, bounds)
+    if (x_val is None) != (y_val is None):
+        raise InputError("pass both x_val and y_val, or neither")
+    x_val, y_val = (x_clean, y_clean) if x_val is None else check_inputs(x_val, y_val, bounds)
     max_accuracy_drop = check_rate(max_accuracy_drop, "max_accuracy_drop")
     max_fraction = check_rate(max_fraction, "max_fraction")
     repaired = copy.deepcopy(model).eval()
@@ -689,7 +784,8 @@ def fine_pruning(
         raise InputError(f"layer must be an nn.Conv2d, got {type(conv).__name__}")
     pruned, activation, history = prune_by_activation(repaired, conv, x_clean, y_clean,
                                                       max_accuracy_drop=max_accuracy_drop,
-                                                      max_fraction=max_fraction, monitor=monitor)
+                                                      max_fraction=max_fraction, monitor=monitor,
+                                                      validation=(x_val, y_val))
     mask = torch.ones_like(conv.weight)
     mask[pruned] = 0
     prune.custom_from_mask(conv, "weight", mask)
@@ -697,7 +793,7 @@ def fine_pruning(
         bmask = torch.ones_like(conv.bias)
         bmask[pruned] = 0
         prune.custom_from_mask(conv, "bias", bmask)
-    acc_pruned = clean_accuracy(repaired, x_clean, y_clean)
+    acc_pruned = clean_accuracy(repaired, x_val, y_val)
     if fine_tune_epochs > 0:
         n_cls = int(repaired(x_clean[:1]).shape[1])
         train_classifier(repaired, Dataset(x_clean, y_clean, "fine-pruning", n_cls, bounds),
@@ -706,7 +802,7 @@ def fine_pruning(
     if conv.bias is not None:
         prune.remove(conv, "bias")
     repaired.eval()
-    acc_final = clean_accuracy(repaired, x_clean, y_clean)
+    acc_final = clean_accuracy(repaired, x_val, y_val)
     history.append({"stage": "fine-tuned", "pruned": int(pruned.numel()), "clean_accuracy": acc_final,
                     **(monitor(repaired) if monitor is not None else {})})
     return FinePruningResult(repaired, pruned, activation,
@@ -718,9 +814,9 @@ def _fine_pruning_notes(channels: int, pruned: torch.Tensor, activation: torch.T
                         max_fraction: float) -> list[str]:
     """Where Fine-Pruning's assumptions do not hold, in words."""
     notes = []
-    if channels < 16:
+    if channels <= 16:
         notes.append(f"the pruned layer has only {channels} channels: too few for backdoor neurons to be separate "
-                     "from the ones clean inputs need")
+                     "from the ones clean inputs need (the paper's last convolutional layers are several times wider)")
     if pruned.numel() == 0:
         notes.append("removing even the least active channel costs more clean accuracy than allowed: nothing was "
                      "pruned, so the repair is fine-tuning alone")
@@ -740,6 +836,7 @@ def _fine_pruning_notes(channels: int, pruned: torch.Tensor, activation: torch.T
 
 __all__ = [
     "ANALYSES",
+    "SCORINGS",
     "FinePruningResult",
     "NeuralCleanseResult",
     "PoisonScores",
