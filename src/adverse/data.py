@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -54,6 +55,27 @@ class Dataset:
     def subset(self, n: int) -> Dataset:
         """The first ``n`` samples."""
         return Dataset(self.x[:n], self.y[:n], self.name, self.num_classes, self.bounds, self.note)
+
+    # the reading interface shared with adverse.streaming.Stream, which reads data batch by batch
+    take = subset
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one input."""
+        return tuple(self.x.shape[1:])
+
+    def batches(self, batch_size: int, stop: int | None = None) -> Iterator[tuple[int, int, torch.Tensor,
+                                                                                   torch.Tensor]]:
+        """``(start, stop, x, y)`` for consecutive batches of the first ``stop`` samples (all by default)."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        for a in range(0, stop, batch_size):
+            b = min(a + batch_size, stop)
+            yield a, b, self.x[a:b], self.y[a:b]
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> Dataset:
+        """The samples at ``index``, in that order."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Dataset(self.x[idx], self.y[idx], self.name, self.num_classes, self.bounds, self.note)
 
 
 def _split(x: np.ndarray, y: np.ndarray, split: str, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

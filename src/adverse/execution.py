@@ -20,9 +20,10 @@ dies), and results come back in the order of the tasks, whichever worker ran the
 
 from __future__ import annotations
 
+import collections
 import functools
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +33,9 @@ import torch
 from .errors import InputError
 
 EXECUTORS = ("local", "ray")
+MAX_IN_FLIGHT = 64
+"""The most tasks a :class:`RayExecutor` keeps submitted and not yet collected (bounds the memory their inputs
+take)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def imap(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> Iterator[Any]:
+    def imap(self, fn: Callable[[Task], Any], tasks: Iterable[Task]) -> Iterator[Any]:
         """``fn(t)`` for each task, yielded as each finishes (so callers can save progress task by task)."""
         for t in tasks:
             yield fn(t)
@@ -143,14 +147,19 @@ class RayExecutor:
                                  "(the GCS port of `ray start --head`, default 6379)") from e
         return ray
 
-    def imap(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> Iterator[Any]:
-        """Submit every task at once; yield the results in the order of ``tasks`` as they arrive."""
+    def imap(self, fn: Callable[[Task], Any], tasks: Iterable[Task]) -> Iterator[Any]:
+        """Submit tasks, at most :data:`MAX_IN_FLIGHT` at a time; yield the results in the order of ``tasks``
+        as they arrive."""
         ray = self._ray()
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_call)
         fn_ref = ray.put(fn)  # shipped once, not once per task
-        refs = [remote.remote(fn_ref, t) for t in tasks]
-        for ref in refs:
-            yield ray.get(ref)
+        refs: collections.deque[Any] = collections.deque()
+        for t in tasks:
+            if len(refs) >= MAX_IN_FLIGHT:
+                yield ray.get(refs.popleft())
+            refs.append(remote.remote(fn_ref, t))
+        while refs:
+            yield ray.get(refs.popleft())
 
     def map(self, fn: Callable[[Task], Any], tasks: Sequence[Task]) -> list[Any]:
         return list(self.imap(fn, tasks))
@@ -194,13 +203,20 @@ def map_tasks(fn: Callable[[Task], Any], tasks: Sequence[Task], executor: str | 
     return list(imap_tasks(fn, tasks, executor))
 
 
-def imap_tasks(fn: Callable[[Task], Any], tasks: Sequence[Task],
+def imap_tasks(fn: Callable[[Task], Any], tasks: Iterable[Task],
                executor: str | Executor | None = None) -> Iterator[Any]:
-    """:func:`map_tasks`, yielding each result in task order as soon as it is available."""
-    for t in tasks:
-        if not isinstance(t, Task):
-            raise InputError(f"map_tasks needs adverse.execution.Task items, got {type(t).__name__}")
+    """:func:`map_tasks`, yielding each result in task order as soon as it is available. ``tasks`` may be a
+    generator: an executor with ``imap`` (local, Ray) takes tasks from it only as it runs them (Ray keeps at most
+    :data:`MAX_IN_FLIGHT` submitted), so tasks built from streamed data need not all be in memory."""
+    def checked() -> Iterator[Task]:
+        for t in tasks:
+            if not isinstance(t, Task):
+                raise InputError(f"map_tasks needs adverse.execution.Task items, got {type(t).__name__}")
+            yield t
+
     ex = get_executor(executor)
     seeded = functools.partial(run_seeded, fn)
     imap = getattr(ex, "imap", None)
-    return iter(imap(seeded, tasks)) if callable(imap) else iter(ex.map(seeded, tasks))
+    if callable(imap):
+        return iter(imap(seeded, checked()))
+    return iter(ex.map(seeded, list(checked())))

@@ -169,7 +169,7 @@ class AdversarialWriter:
 
         import numpy as np
 
-        from .evaluation.audit import write_atomic
+        from .evaluation.common import write_atomic
 
         if self.has(attack, eps, start, stop):
             return

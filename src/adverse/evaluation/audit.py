@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..validation import validated
+from . import suites as registry
+from .common import (
+    DEFAULT_EPS,
+    ProgressFn,
+    SuiteContext,
+    check_eps,
+    check_int,
+    check_options,
+    json_safe,
+    write_atomic,
+)
+from .evasion_suite import ATTACKS, DEFAULT_ATTACKS, DEFAULT_STEPS, SQUARE_QUERIES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,17 +46,11 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 STATE_FILE = ".audit-state.json"
-DEFAULT_EPS = (0.05, 0.1, 0.2, 0.3)
 DEFAULT_MODEL = "digits-cnn"
 EXAMPLES_FILE = "examples.npz"
-ATTACKS = ("fgsm", "pgd", "apgd-ce", "square")
-DEFAULT_ATTACKS = ("fgsm", "pgd", "apgd-ce")
-DEFAULT_STEPS = {"pgd": 40, "apgd-ce": 100}
-SQUARE_QUERIES = 1000
-SUITES = ("evasion", "privacy", "poisoning", "certify", "defense")
-
-ProgressFn = Callable[[str, float, float], None]
-"""``progress(description, completed, total)``: work done so far, in arbitrary units that add up to ``total``."""
+SUITES = registry.NAMES
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "DEFAULT_EPS", "DEFAULT_STEPS", "SQUARE_QUERIES", "SUITES", "AuditResult",
+           "ProgressFn", "audit", "json_safe", "write_atomic"]
 
 
 # --------------------------------------------------------------------------------------------- the result
@@ -72,8 +77,8 @@ class AuditResult:
     suites : the suites that ran, in order (:data:`SUITES`).
     minimal_norm : the evasion suite's minimal-norm curve (:func:`adverse.evaluation.confirm.minimal_norm_curve`).
     autoattack : AutoAttack's confirmation at one eps (:func:`adverse.evaluation.confirm.autoattack_confirmation`).
-    privacy, poisoning, certify, defense : what those suites found (see their modules), or None when they did not
-        run.
+    sections : what the other suites found, by their key in ``results.json`` (:data:`adverse.evaluation.suites.KEYS`);
+        each is also an attribute (``result.privacy``, ``result.corruptions``; None when the suite did not run).
     examples : clean and adversarial images for the report (saved as ``examples.npz``, not in ``results.json``).
     samples : how many samples each suite and part used (``evasion``, ``checks``, ``minimal_norm``,
         ``autoattack``, ``examples``, ``privacy`` (members, and as many non-members), ``poisoning`` (test samples),
@@ -97,13 +102,15 @@ class AuditResult:
     suites: list[str] = field(default_factory=lambda: ["evasion"])
     minimal_norm: dict[str, Any] | None = None
     autoattack: dict[str, Any] | None = None
-    privacy: dict[str, Any] | None = None
-    poisoning: dict[str, Any] | None = None
-    certify: dict[str, Any] | None = None
-    defense: dict[str, Any] | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, int] | None = None
     fooled: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     examples: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in registry.KEYS:  # a suite's results: result.privacy, result.dp_audit, ...
+            return self.__dict__.get("sections", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def robust_accuracy(self, attack: str, eps: float) -> float:
         """Robust accuracy under ``attack`` (or ``"worst-case"``) at ``eps``."""
@@ -132,8 +139,9 @@ class AuditResult:
             "seconds": self.seconds,
             "checks": self.checks,
             "suites": self.suites,
-            **{k: v for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense", "samples")
-               if (v := getattr(self, k)) is not None},
+            **{k: v for k in ("minimal_norm", "autoattack") if (v := getattr(self, k)) is not None},
+            **{k: self.sections[k] for k in registry.KEYS if self.sections.get(k) is not None},
+            **({"samples": self.samples} if self.samples is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -179,8 +187,8 @@ class AuditResult:
                 data=dict(d["data"]), environment=dict(d["environment"]), budget=dict(d["budget"]),
                 seconds=dict(d["seconds"]), created=d["created"], checks=list(d.get("checks", [])),
                 suites=list(d.get("suites", ["evasion"])),
-                **{k: d[k] for k in ("minimal_norm", "autoattack", "privacy", "poisoning", "certify", "defense",
-                                     "samples") if k in d},
+                sections={k: d[k] for k in registry.KEYS if k in d},
+                **{k: d[k] for k in ("minimal_norm", "autoattack", "samples") if k in d},
             )
         except KeyError as e:
             raise InputError(f"audit results lack the field {e.args[0]!r}; the file is not an adverse audit") from e
@@ -193,22 +201,6 @@ class AuditResult:
         from .schema import read_results
 
         return cls.from_dict(read_results(path))
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in the same folder and a rename: a
-    reader never sees a half-written file, and an interruption leaves the previous file intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class _Checkpoint:
@@ -388,9 +380,9 @@ def _model_code(model: Any) -> str:
     return "\n".join(parts)
 
 
-def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) -> str:
+def _fingerprint(model: nn.Module, data: str, config: Mapping[str, Any]) -> str:
     """A hash of the model (its parameters and buffers, its code and the file it came from: see
-    :func:`_model_code`), the data and the settings."""
+    :func:`_model_code`), the data (``data``: its digest, :func:`_digest`) and the settings."""
     import hashlib
 
     from torch import nn as torch_nn
@@ -404,83 +396,8 @@ def _fingerprint(model: nn.Module, x: Any, y: Any, config: Mapping[str, Any]) ->
     else:  # a black box: its file when known (an interrupted audit of an unknown callable starts afresh)
         path = getattr(model, "path", None)
         h.update(Path(path).read_bytes() if path is not None and Path(path).is_file() else repr(id(model)).encode())
-    return _update(h, x, y).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------- validation
-def _check_eps(eps: Any) -> list[float]:
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
-        eps = (eps,)
-    try:
-        values = [float(e) for e in eps]
-    except (TypeError, ValueError) as e:
-        raise InputError(f"eps must be a number or a sequence of numbers, got {eps!r}") from e
-    if not values:
-        raise InputError("eps is empty; pass at least one budget, e.g. eps=(0.1,)")
-    bad = [e for e in values if not math.isfinite(e) or e < 0]
-    if bad:
-        raise InputError(f"every eps must be finite and ≥ 0, got {bad}; eps is in input units (e.g. 8/255)")
-    if len(set(values)) != len(values):
-        raise InputError(f"eps lists a value twice: {values}; list each budget once")
-    return sorted(values)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _check_attacks(attacks: Any) -> list[str]:
-    names = [attacks] if isinstance(attacks, str) else list(attacks)
-    unknown = [a for a in names if a not in ATTACKS]
-    if unknown or not names:
-        raise InputError(f"unknown attack(s) {unknown}; choose among {', '.join(ATTACKS)}")
-    if len(set(names)) != len(names):
-        raise InputError(f"attacks lists an attack twice: {names}")
-    return [a for a in ATTACKS if a in names]  # a fixed order, cheapest first
-
-
-def _check_steps(steps: int | Mapping[str, int] | None) -> dict[str, int]:
-    out = dict(DEFAULT_STEPS)
-    if steps is None:
-        return out
-    if isinstance(steps, Mapping):
-        unknown = set(steps) - set(DEFAULT_STEPS)
-        if unknown:
-            raise InputError(f"steps names unknown attack(s) {sorted(unknown)}; iterative attacks are "
-                             f"{', '.join(DEFAULT_STEPS)}")
-        for k, v in steps.items():
-            out[k] = _check_int(f"steps[{k!r}]", v, 1)
-        return out
-    s = _check_int("steps", steps, 1)
-    return {k: s for k in out}
-
-
-def _as_dataset(data: Any) -> Dataset:
-    import numpy as np
-    import torch
-
-    from ..data import Dataset
-
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.ascontiguousarray(x))
-        if isinstance(y, np.ndarray):
-            y = torch.from_numpy(np.ascontiguousarray(y))
-        if not (torch.is_tensor(x) and torch.is_tensor(y)):
-            raise InputError("data=(x, y) needs tensors or numpy arrays")
-        if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
-            raise InputError(f"labels y must be a 1-D integer array, got shape {tuple(y.shape)} and {y.dtype}")
-        num_classes = int(y.max()) + 1 if y.numel() else 0
-        return Dataset(x, y.long(), "user data", num_classes)
-    raise InputError(
-        f"data must be an adverse.data.Dataset or a pair (x, y), got {type(data).__name__}; "
-        "e.g. adverse.data.load_npz('test.npz')"
-    )
+    h.update(data.encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- the audit
@@ -509,6 +426,7 @@ def audit(
     poisoning: Mapping[str, Any] | None = None,
     certify: Mapping[str, Any] | None = None,
     defense: Mapping[str, Any] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     save_adv: str | os.PathLike[str] | None = None,
     executor: Any = None,
@@ -591,41 +509,29 @@ def audit(
     import torch
 
     from .. import __version__
-    from ..evasion.apgd import apgd
-    from ..evasion.gradient import fgsm, pgd
-    from ..evasion.square import square
-    from ..execution import Task, get_executor, imap_tasks
+    from ..execution import get_executor
     from ..models import BlackBox, as_classifier, base_model
+    from ..data import Dataset
+    from ..streaming import Stream, as_data
     from ..threat import check_norm
-    from ..zoo import train_with
+    from .evasion_suite import predict_checked
 
     started = time.perf_counter()
-    eps_list = _check_eps(eps)
+    eps_list = check_eps(eps)
     norm = check_norm(norm)
-    names = _check_attacks(attacks)
-    steps_by = _check_steps(steps)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
     if n is not None:
-        n = _check_int("n", n, 1)
-    check_n = _check_int("check_n", check_n, 1)
-    autoattack_n = _check_int("autoattack_n", autoattack_n, 1)
-    if autoattack is not None and autoattack not in ("fast", "standard"):
-        raise InputError(f"autoattack must be 'fast', 'standard' or None, got {autoattack!r}")
-    options = {k: _check_options(k, v) for k, v in (("privacy", privacy), ("poisoning", poisoning),
-                                                    ("certify", certify), ("defense", defense))}
+        n = check_int("n", n, 1)
     if recipe is not None and not callable(recipe):
         raise InputError(f"recipe must be a callable recipe(dataset, seed) -> model, got {type(recipe).__name__}")
+    given = _suite_options(options, privacy=privacy, poisoning=poisoning, certify=certify, defense=defense)
+    given["evasion"] = {"attacks": attacks, "steps": steps, "checks": checks, "check_n": check_n,
+                        "minimal_norm": minimal_norm, "autoattack": autoattack, "autoattack_n": autoattack_n,
+                        "examples": examples, "save_adv": save_adv}
+    opts = {name: check_options(name, registry.get(name).function, o, registry.get(name).passed)
+            for name, o in given.items()}
     executor = get_executor(executor)
-
-    # (attack function, its settings, its cost per sample in gradient steps), resolved before any work
-    recipes: dict[str, tuple[Callable[..., Any], dict[str, Any], int]] = {
-        "fgsm": (fgsm, {}, 1),
-        "pgd": (pgd, {"steps": steps_by["pgd"], "restarts": 1}, steps_by["pgd"]),
-        "apgd-ce": (apgd, {"steps": steps_by["apgd-ce"], "loss": "ce"}, steps_by["apgd-ce"]),
-        "square": (square, {"max_queries": SQUARE_QUERIES}, SQUARE_QUERIES // 3),
-    }
-    specs = {a: recipes[a] for a in names}
 
     def report(description: str, completed: float, total: float) -> None:
         if progress is not None:
@@ -643,7 +549,7 @@ def audit(
         report(f"loading {DEFAULT_MODEL} (trained once on first use)", 0, 1)
         model = pretrained(DEFAULT_MODEL)
         model_info: dict[str, Any] = {"name": DEFAULT_MODEL, "source": "adverse.zoo"}
-        dataset = digits("test")
+        dataset: Any = digits("test")
         members = digits("train")
         recipe = zoo_recipe(DEFAULT_MODEL) if recipe is None else recipe
         data_info: dict[str, Any] = {"name": "digits", "split": "test", "source": "adverse.data.digits",
@@ -654,90 +560,96 @@ def audit(
                              f"{type(model).__name__}")
         if data is None:
             raise InputError("pass the data to audit the model on, e.g. audit(model, adverse.data.load_npz(path))")
-        dataset = _as_dataset(data)
+        dataset = as_data(data)
         path = getattr(model, "path", None)  # a black box loaded from a file is named by it
         model_info = {"name": Path(path).name if path is not None else type(base_model(model)).__name__,
                       "source": "user"}
         data_info = {"name": dataset.name, "source": "user"}
+        if isinstance(dataset, Stream):
+            data_info["streamed"] = True
         if train_data is not None:
-            members = _as_dataset(train_data)
-            if tuple(members.x.shape[1:]) != tuple(dataset.x.shape[1:]):
-                raise InputError(f"train_data inputs have shape {tuple(members.x.shape[1:])} but data inputs "
-                                 f"{tuple(dataset.x.shape[1:])}; both must come from the same task")
+            members = as_data(train_data)
+            if isinstance(members, Stream):  # training data is held in memory (the suites retrain on it)
+                members = members.take(len(members))
             data_info["train"] = {"name": members.name, "n": len(members)}
     user_model = base_model(model)  # for the fingerprint (its file digest, its code)
     model = as_classifier(model)  # once, for every suite: a ModelOutput, a dict with logits or a tuple → logits
-    suite_list = _check_suites(suites, members is not None, recipe is not None)
-    if defense is not None and suites is None:
-        suite_list.append("defense")  # a defense to evaluate was given
-    if "defense" in suite_list:
-        from .defense_suite import check_layer
-
-        check_layer(options["defense"].get("layer"), model=model, train=members is not None,
-                    recipe=recipe is not None, retrain=options["defense"].get("retrain"))
-    model_seconds = time.perf_counter() - started
     black_box = isinstance(model, BlackBox)
+    have = {"members"} if members is not None else set()
+    have |= {"recipe"} if recipe is not None else set()
+    have |= set() if black_box else {"white-box"}
+    have |= {"images"} if len(dataset.shape if isinstance(dataset, Dataset) else dataset.take(1).shape) == 3 else set()
+    asked = suites
+    if suites is None:  # every default suite the inputs allow, and any other whose options were given
+        asked = [s for s in registry.NAMES if registry.get(s).default or s in given and s != "evasion"]
+        asked = [s for s in asked if not registry.get(s).missing(have) or (s in given and s != "evasion")]
+    suite_list = registry.choose(asked, have)
+    model_seconds = time.perf_counter() - started
     model_info["parameters"] = None if black_box else int(sum(p.numel() for p in model.parameters()))
     if black_box:
         model_info["black_box"] = True
-        names, specs = _black_box_attacks(names, attacks, specs, recipes)
-        if "certify" in suite_list:
-            if suites is not None:
-                raise InputError("the certify suite needs a torch module (IBP and smoothing run the model in torch); "
-                                 "this model is a black box (e.g. an ONNX file without onnx2torch)")
-            suite_list.remove("certify")
-        checks, minimal_norm, autoattack, examples = False, False, None, False
     if recipe is not None:
         model_info["recipe"] = repr(recipe)
-
-    full = dataset  # the other suites take their own samples from all of it
-    if n is not None:
-        if n > len(dataset):
-            raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
-        dataset = dataset.subset(n)
-    suite_kwargs = {k: dict(v) for k, v in options.items()}  # what the suites get (config: the options as given)
-    if n is not None:
-        for k in ("privacy", "certify", "defense"):  # n bounds every suite: min(n, the suite's own n or default)
-            own = suite_kwargs[k].get("n", _suite_default(k, "n"))
-            if own is None or (isinstance(own, int) and not isinstance(own, bool)):
-                suite_kwargs[k]["n"] = n if own is None else min(own, n)
-    total_n = len(dataset)
+    if n is not None and n > len(dataset):
+        raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
+    total_n = len(dataset) if n is None else n
     if total_n == 0:
         raise InputError("the data holds no samples")
-    data_info.update(n=total_n, num_classes=dataset.num_classes, bounds=list(dataset.bounds),
-                     shape=list(dataset.x.shape[1:]))
-    bounds = tuple(dataset.bounds)
+    if members is not None and isinstance(dataset, Stream):
+        dataset.num_classes = dataset.num_classes or members.num_classes
 
     param = None if black_box else next(iter(model.parameters()), None)
+    ctx = SuiteContext(model=model, black_box=black_box, data=dataset, n=n, members=members, recipe=recipe,
+                       norm=norm, eps=eps_list, seed=seed, batch_size=batch_size, executor=executor,
+                       progress=report, part=lambda name, compute: compute())
+    for name in suite_list:  # fail fast: every suite checks its options before any work
+        suite = registry.get(name)
+        if suite.check is not None:
+            suite.check(ctx, opts.get(name, {}))
     device = param.device if param is not None else torch.device("cpu")
-    x, y = dataset.x.to(device), dataset.y.to(device)
-    batches = [(i, min(i + batch_size, total_n)) for i in range(0, total_n, batch_size)]
     seconds: dict[str, float] = {"model": model_seconds}
+    resumable = state_dir is not None or save_adv is not None
 
     # ---- clean accuracy (the attacks count clean errors as successes too); every answer is checked: logits of
-    # the right shape, finite (argmax of NaN is 0), and a model that fails on the data's shape says so
-    pred = torch.cat([_predict_checked(model, x[a:b], black_box).to(y.device) for a, b in batches])
-    clean_correct = (pred == y).cpu().numpy()
+    # the right shape, finite (argmax of NaN is 0), and a model that fails on the data's shape says so. With a
+    # resume state, the same pass hashes all the data (the fingerprint)
+    import hashlib
+
+    digest = hashlib.sha256()
+    preds, labels = [], []
+    for a, b, xb, yb in dataset.batches(batch_size, stop=None if resumable else total_n):
+        if resumable:
+            _update(digest, xb, yb)
+        if a < total_n:
+            xb, yb = xb[:total_n - a], yb[:total_n - a]
+            preds.append(predict_checked(model, xb.to(device), black_box).cpu())
+            labels.append(yb)
+        if a == 0 and isinstance(dataset, Stream) and dataset.num_classes is None and not black_box:
+            with torch.no_grad():  # the number of classes is the model's (labels are checked against it)
+                from ..models import checked_logits
+
+                dataset.num_classes = int(checked_logits(model, xb[:1].to(device), probabilities=True).shape[1])
+    clean_correct = (torch.cat(preds) == torch.cat(labels)).numpy()
     clean_count = int(clean_correct.sum())
+    if members is not None and tuple(members.shape) != tuple(dataset.shape):
+        raise InputError(f"train_data inputs have shape {tuple(members.shape)} but data inputs "
+                         f"{tuple(dataset.shape)}; both must come from the same task")
+    if dataset.num_classes is None:
+        dataset.num_classes = int(torch.cat(labels).max()) + 1
+    data_info.update(n=total_n, num_classes=dataset.num_classes, bounds=list(dataset.bounds),
+                     shape=list(dataset.shape))
 
-    config: dict[str, Any] = {
-        "eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
-        "attacks": {a: dict(specs[a][1]) for a in names}, "suites": suite_list,
-    }
-    for k, opts in options.items():
-        if k in suite_list:
-            config[k] = opts
-    key_config = dict(config, checks=checks, check_n=check_n, minimal_norm=minimal_norm, autoattack=autoattack,
-                      autoattack_n=autoattack_n, recipe=repr(recipe),
-                      members=None if members is None else _digest(members), data=_digest(full))
-    state = _Checkpoint(state_dir, _fingerprint(user_model, x, y, key_config))
-    adv_writer = None
-    if save_adv is not None and "evasion" in suite_list:
-        from ..results import AdversarialWriter
+    config: dict[str, Any] = {"eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
+                              "suites": suite_list, "attacks": {}}  # the evasion suite says which ran
+    for k in registry.NAMES:
+        if k in suite_list and k != "evasion" and k in given:
+            config[k] = opts[k]
+    key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items() if o != "save_adv"}
+                                       for k in suite_list}, recipe=repr(recipe),
+                      members=None if members is None else _update(hashlib.sha256(), members.x, members.y).hexdigest())
+    state = _Checkpoint(state_dir, _fingerprint(user_model, digest.hexdigest(), key_config))
 
-        adv_writer = AdversarialWriter(save_adv, state.key, norm=norm, bounds=bounds)
-
-    def timed(name: str, compute: Callable[[], Any]) -> Any:
+    def part(name: str, compute: Callable[[], Any]) -> Any:
         """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
         def run() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -748,135 +660,28 @@ def audit(
         seconds[name] = seconds.get(name, 0.0) + rec["seconds"]
         return rec["value"]
 
-    # ---- evasion: the attacks at fixed eps
-    rows: list[dict[str, Any]] = []
-    fooled: dict[tuple[str, float], np.ndarray] = {}
-    worst: list[dict[str, Any]] = []
-    check_rows: list[dict[str, Any]] = []
-    mn_result = aa_result = example_arrays = None
-    if "evasion" in suite_list:
-        t_evasion = time.perf_counter()
-        total_work = float(sum(specs[a][2] for a in names) * total_n * len(eps_list))
-        done = 0.0
-        extra = {} if bounds == (0.0, 1.0) else {"bounds": bounds}
-        for e in eps_list:
-            for name in names:
-                fn, kwargs, cost = specs[name]
-                description = f"{name} at eps {e:g}"
-                report(description, done, total_work)
-                # a batch is attacked again when its outcome is not in the state or (with save_adv) its examples
-                # are not saved; the seed makes the rerun give the same examples
-                pending = [(a, b) for a, b in batches if state.get(name, e, a, b) is None
-                           or (adv_writer is not None and not adv_writer.has(name, e, a, b))]
-                done += cost * (total_n - sum(b - a for a, b in pending))
-                tasks = [Task(i, seed, (fn, model, x[a:b], y[a:b], dict(eps=e, norm=norm, seed=seed, **kwargs,
-                                                                        **extra), adv_writer is not None))
-                         for i, (a, b) in enumerate(pending)]
-                for (a, b), rec in zip(pending, imap_tasks(_attack_batch, tasks, executor)):
-                    adv = rec.pop("adversarial", None)
-                    if adv_writer is not None:  # streamed to disk as each batch finishes, before its record
-                        adv_writer.write(name, e, a, b, y=y[a:b], success=rec["success"], forwards=rec["forwards"],
-                                         backwards=rec["backwards"], queries=rec["queries"], seconds=rec["seconds"],
-                                         **adv)
-                    state.put(name, e, a, rec)  # saved as each batch finishes, wherever it ran
-                    done += cost * (b - a)
-                    report(description, done, total_work)
-                parts, fw, bw, queries, secs, params = [], 0, 0, 0, 0.0, {}
-                for a, b in batches:
-                    rec = state.get(name, e, a, b)
-                    parts.append(np.asarray(rec["success"], dtype=bool))
-                    fw, bw, secs = fw + rec["forwards"], bw + rec["backwards"], secs + rec["seconds"]
-                    queries += rec.get("queries", 0)
-                    params = rec["params"]
-                bad = np.concatenate(parts) | ~clean_correct
-                fooled[(name, e)] = bad
-                robust = total_n - int(bad.sum())
-                rows.append({
-                    "attack": name, "eps": e, "robust_accuracy": robust / total_n, "robust": robust,
-                    "success_rate": 1.0 - robust / total_n, "forwards": fw, "backwards": bw, "seconds": secs,
-                    "params": params, **({"queries": queries} if queries else {}),
-                })
+    ctx.part, ctx.state = part, state
+    ctx.extra.update(total=total_n, clean_correct=clean_correct, key=state.key, device=device)
 
-        # worst case per sample: fooled by any attack at this eps or a smaller one
-        union = ~clean_correct
-        for e in eps_list:
-            for name in names:
-                union = union | fooled[(name, e)]
-            fooled[("worst-case", e)] = union.copy()
-            robust = total_n - int(union.sum())
-            worst.append({"eps": e, "robust_accuracy": robust / total_n, "robust": robust, "attacks": list(names)})
-        seconds["evasion"] = time.perf_counter() - t_evasion
-
-        clean_share = clean_count / total_n
-        check_eps = min(eps_list, key=lambda e: abs(worst[eps_list.index(e)]["robust_accuracy"] - clean_share / 2))
-        if checks:
-            from .checks import run_checks
-
-            k = min(check_n, total_n)
-            report(f"sanity checks at eps {check_eps:g} on {k} points", 0, 1)
-
-            def sanity_checks() -> list[dict[str, Any]]:
-                surrogate = None
-                if recipe is not None and members is not None:
-                    report("training a surrogate with the recipe (transfer check)", 0, 1)
-                    surrogate = train_with(recipe, members, seed + 1)
-                found = run_checks(model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, seed=seed,
-                                   surrogate=surrogate)
-                return [json_safe(c.to_dict()) for c in found]
-
-            check_rows = timed("checks", sanity_checks)
-            config["checks"] = {"eps": check_eps, "n": k, "steps": 20, "square_max_queries": 1000,
-                                "surrogate": "recipe, seed + 1" if recipe is not None and members is not None
-                                else None}
-        from .confirm import adversarial_examples, autoattack_confirmation, minimal_norm_curve, robust_at
-
-        if minimal_norm:
-            what = f"minimal-norm curve (FMN, 100 steps) on {total_n} points"
-            report(what, 0, total_n)
-            mn_result = timed("minimal_norm", lambda: minimal_norm_curve(
-                model, x, y, norm=norm, bounds=bounds, steps=100, batch_size=batch_size, seed=seed,
-                progress=lambda done, total: report(what, done, total)))
-            config["minimal_norm"] = {"attack": "fmn", "steps": 100}
-        if autoattack is not None:
-            k = min(autoattack_n, total_n)
-            what = f"AutoAttack ({autoattack}) at eps {check_eps:g} on {k} points"
-            report(what, 0, 1)
-            curve = robust_at(mn_result["norms"][:k], check_eps) if mn_result is not None else None
-            aa_result = timed("autoattack", lambda: autoattack_confirmation(
-                model, x[:k], y[:k], eps=check_eps, norm=norm, bounds=bounds, version=autoattack, seed=seed,
-                curve_robust=curve, fixed_robust=~fooled[("worst-case", check_eps)][:k],
-                progress=lambda attack, done, total: report(what, done, total)))
-            config["autoattack"] = {"version": autoattack, "eps": check_eps, "n": k}
-        if examples and x.dim() == 4:
-            example_arrays = adversarial_examples(model, x, y, eps=check_eps, norm=norm, bounds=bounds, seed=seed)
-
-    # ---- the other suites
-    suite_results: dict[str, Any] = {}
-    if "privacy" in suite_list:
-        from .privacy_suite import privacy_suite
-
-        suite_results["privacy"] = timed("privacy", lambda: privacy_suite(
-            model, members, full, recipe=recipe, seed=seed, executor=executor, progress=progress,
-            **suite_kwargs["privacy"]))
-    if "poisoning" in suite_list:
-        from .poisoning_suite import poisoning_suite
-
-        test = full if n is None else full.subset(n)  # n ≤ len(full), checked above
-        suite_results["poisoning"] = timed("poisoning", lambda: poisoning_suite(
-            recipe, members, test, seed=seed, progress=progress, **suite_kwargs["poisoning"]))
-    if "certify" in suite_list:
-        from .certify_suite import certify_suite
-
-        certify_options = {"n": min(100, len(full)), **suite_kwargs["certify"]}
-        suite_results["certify"] = timed("certify", lambda: certify_suite(
-            model, full, norm=norm, eps=eps_list, seed=seed, progress=progress, **certify_options))
-    if "defense" in suite_list:
-        from .defense_suite import defense_suite
-
-        suite_results["defense"] = timed("defense", lambda: defense_suite(
-            model, full, train=members, recipe=recipe, norm=norm, eps=eps_list, seed=seed, progress=progress,
-            **suite_kwargs["defense"]))
-
+    # ---- the suites, in registry order
+    evasion: dict[str, Any] = {"attacks": [], "worst_case": [], "checks": [], "minimal_norm": None,
+                               "autoattack": None, "examples": None, "fooled": {}, "config": {}, "samples": {}}
+    sections: dict[str, Any] = {}
+    samples: dict[str, int] = {}
+    for name in suite_list:
+        suite = registry.get(name)
+        if suite.key is None:  # the evasion suite: the top-level results
+            evasion = suite.run(ctx, **opts.get(name, {}))
+            seconds.update(evasion.pop("seconds"))
+            config.update(evasion["config"])
+            samples.update(evasion["samples"])
+            continue
+        result = part(suite.key, lambda suite=suite: suite.run(ctx, **opts.get(suite.name, {})))
+        sections[suite.key] = result
+        count = suite.samples(result)
+        if count is not None:
+            samples[suite.key] = int(count)
+    rows = evasion["attacks"]
     budget = {
         "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
         "seconds": sum(r["seconds"] for r in rows),
@@ -886,141 +691,31 @@ def audit(
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
         "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
     }
-    samples: dict[str, int] = {}  # how many samples each suite and part used
-    if "evasion" in suite_list:
-        samples["evasion"] = total_n
-        if "checks" in config:
-            samples["checks"] = config["checks"]["n"]
-        if mn_result is not None:
-            samples["minimal_norm"] = total_n
-        if aa_result is not None:
-            samples["autoattack"] = config["autoattack"]["n"]
-        if example_arrays is not None:
-            samples["examples"] = len(example_arrays["x"])
-    if "privacy" in suite_results:
-        samples["privacy"] = int(suite_results["privacy"]["config"]["n"])
-    if "poisoning" in suite_results:
-        samples["poisoning"] = int(suite_results["poisoning"]["config"]["n_test"])
-    if "certify" in suite_results:
-        samples["certify"] = int(suite_results["certify"]["n"])
-    if "defense" in suite_results:
-        samples["defense"] = int(suite_results["defense"]["n"])
     seconds["total"] = time.perf_counter() - started
     return AuditResult(
-        clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=worst, config=config,
-        model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
-        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=check_rows,
-        suites=suite_list, minimal_norm=mn_result, autoattack=aa_result, fooled=fooled, examples=example_arrays,
-        samples=samples, **suite_results,
+        clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=evasion["worst_case"],
+        config=config, model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=evasion["checks"],
+        suites=suite_list, minimal_norm=evasion["minimal_norm"], autoattack=evasion["autoattack"],
+        fooled=evasion["fooled"], examples=evasion["examples"], samples=samples, sections=sections,
     )
 
 
-def _predict_checked(model: Any, x: Any, black_box: bool) -> Any:
-    """Predicted labels of one batch, after checking the model's answer (:func:`adverse.models.check_logits` for a
-    torch model, the black-box answer checks otherwise); a forward pass that raises on these inputs becomes a
-    :class:`~adverse.errors.ModelError` naming the data's shape and what the model expects."""
-    import torch
-
-    from ..evasion._query import check_answer
-    from ..models import checked_logits
-
-    if black_box:
-        out = check_answer(torch.as_tensor(model(x)), x.shape[0], model.output or "scores", None)
-        return out.long() if out.dim() == 1 else out.argmax(dim=1)
-    # probabilities pass here: the attacks refuse them, naming the fix, and other suites may take them
-    return checked_logits(model, x, probabilities=True).argmax(dim=1)
-
-
-def _black_box_attacks(names: list[str], requested: Any, specs: dict[str, Any], recipes: dict[str, Any]
-                       ) -> tuple[list[str], dict[str, Any]]:
-    """A black-box model can only be queried: the default attacks become Square; asking for a white-box attack
-    is an error."""
-    if list(names) == list(DEFAULT_ATTACKS) and tuple(requested) == DEFAULT_ATTACKS:
-        return ["square"], {"square": recipes["square"]}
-    white = [a for a in names if a != "square"]
-    if white:
-        raise InputError(f"the model is a black box (it can only be queried, e.g. an ONNX file without onnx2torch): "
-                         f"{', '.join(white)} need gradients; use attacks=['square']")
-    return names, specs
-
-
-def _check_suites(suites: Sequence[str] | None, has_members: bool, has_recipe: bool) -> list[str]:
-    """The suites to run, in :data:`SUITES` order; None picks every suite the inputs allow."""
-    if suites is None:
-        chosen = {"evasion", "certify"} | ({"privacy"} if has_members else set())
-        chosen |= {"poisoning"} if has_members and has_recipe else set()
-        return [s for s in SUITES if s in chosen]
-    names = [suites] if isinstance(suites, str) else list(suites)
-    unknown = [s for s in names if s not in SUITES]
-    if unknown or not names:
-        raise InputError(f"unknown suite(s) {unknown}; choose among {', '.join(SUITES)}")
-    if "privacy" in names and not has_members:
-        raise InputError("the privacy suite needs the model's training data (members): pass train_data= "
-                         "(--train-data on the command line)")
-    if "poisoning" in names and not (has_members and has_recipe):
-        raise InputError("the poisoning suite retrains the model on poisoned data: it needs the training data "
-                         "(train_data=, --train-data) and the training recipe (recipe=, --recipe)")
-    return [s for s in SUITES if s in names]
-
-
-_SUITE_FUNCTIONS = {"privacy": ("privacy_suite", "privacy_suite"), "poisoning": ("poisoning_suite", "poisoning_suite"),
-                    "certify": ("certify_suite", "certify_suite"), "defense": ("defense_suite", "defense_suite")}
-_PASSED = {"model", "members", "nonmembers", "recipe", "train", "test", "data", "seed", "progress", "executor",
-           "norm", "eps"}
-
-
-def _check_options(suite: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The keyword options of a suite's function, checked against its signature before any work starts."""
-    import importlib
-    import inspect
-
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise InputError(f"{suite} options must be a mapping of keyword arguments, got {type(options).__name__}")
-    module, name = _SUITE_FUNCTIONS[suite]
-    fn = getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    allowed = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY} - _PASSED
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise InputError(f"unknown {suite} option(s) {bad}; the {suite} suite takes {', '.join(sorted(allowed))} "
-                         "(the audit itself passes the model, data, seed, norm and eps)")
-    return dict(options)
-
-
-def _suite_default(suite: str, name: str) -> Any:
-    """The default of a suite function's keyword option ``name``."""
-    import importlib
-    import inspect
-
-    module, fn_name = _SUITE_FUNCTIONS[suite]
-    fn = inspect.unwrap(getattr(importlib.import_module(f"{__package__}.{module}"), fn_name))
-    return inspect.signature(fn).parameters[name].default
-
-
-def _digest(data: Dataset) -> str:
-    import hashlib
-
-    return _update(hashlib.sha256(), data.x, data.y).hexdigest()
-
-
-def _attack_batch(task: Any) -> dict[str, Any]:
-    """One attack on one batch (run by an executor): the per-sample outcome and the budget, JSON-ready."""
-    fn, model, x, y, kwargs, *keep = task.payload
-    r = fn(model, x, y, **kwargs)
-    rec = {"success": r.success.cpu().numpy().astype(int).tolist(), "forwards": r.forwards,
-           "backwards": r.backwards, "queries": r.queries, "seconds": r.seconds, "params": r.summary()["params"]}
-    if keep and keep[0]:  # the examples themselves, for save_adv (taken out before the record is saved)
-        rec["adversarial"] = {"x_adv": r.x_adv.detach().cpu().numpy(), "norms": r.norms.detach().cpu().numpy()}
-    return rec
-
-
-def json_safe(value: Any) -> Any:
-    """Numbers JSON can hold: NaN and infinities become None (``results.json`` is strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+def _suite_options(options: Mapping[str, Any] | None, **named: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options given for each suite: ``options`` (by suite name) and the named keyword arguments."""
+    out: dict[str, Any] = {}
+    if options is not None:
+        if not isinstance(options, Mapping):
+            raise InputError(f"options must map suite names to keyword options, got {type(options).__name__}")
+        for name, o in options.items():
+            registry.get(name)  # a known suite, or an error naming them
+            if name == "evasion":
+                raise InputError("the evasion suite's options are audit()'s own keyword arguments (attacks=, "
+                                 "steps=, checks=, ...), not options={'evasion': ...}")
+            out[name] = o
+    for name, o in named.items():
+        if o is not None:
+            if name in out:
+                raise InputError(f"{name} options were given twice: as {name}= and in options=; give them once")
+            out[name] = o
+    return out

@@ -34,7 +34,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
-from .audit import DEFAULT_EPS, ProgressFn, _as_dataset, _check_eps, _check_int
+from .common import DEFAULT_EPS, ProgressFn, SuiteContext, check_int, option_default
+from .common import check_eps as check_budgets
+from .suites import Suite
 
 if TYPE_CHECKING:
     import torch
@@ -168,16 +170,20 @@ def certify_suite(
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     model = as_classifier(model)  # a ModelOutput, a dict with logits or a tuple: its logits (IBP traces through)
-    dataset = _as_dataset(data)
+    from ..streaming import Stream, as_data
+
+    dataset = as_data(data)
+    if isinstance(dataset, Stream):  # certification holds its samples in memory: the first n of them
+        dataset = dataset.take(len(dataset) if n is None else n)
     norm = check_norm(norm)
-    eps_list = _check_eps(eps)
+    eps_list = check_budgets(eps)
     if norm == "linf":
         eps_list = [check_eps(e, dataset.bounds) for e in eps_list]
     if n is not None:
-        if _check_int("n", n, 1) > len(dataset):
+        if check_int("n", n, 1) > len(dataset):
             raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
         dataset = dataset.subset(n)
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     _check(model, dataset.x, sigma, alpha, batch_size, dataset.bounds)
     _check_count("n0", n0)
     _check_count("samples", samples)
@@ -212,3 +218,19 @@ def certify_suite(
 
 
 __all__ = ["METHODS", "certify_suite"]
+
+
+def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
+    """The certify suite in an audit: the first ``n`` samples (at most the audit's ``n``) in memory."""
+    own = options.pop("n", option_default(certify_suite, "n"))
+    k = own if ctx.n is None else ctx.n if own is None else min(own, ctx.n)
+    data = ctx.data.take(len(ctx.data) if k is None else k)
+    return certify_suite(ctx.model, data, norm=ctx.norm, eps=ctx.eps, seed=ctx.seed, progress=ctx.progress, n=k,
+                         **options)
+
+
+SUITE = Suite(
+    name="certify", key="certify", function=certify_suite, run=_run, needs=frozenset({"white-box"}), default=True,
+    what="certified accuracy (IBP, randomized smoothing)", samples=lambda result: result["n"],
+    passed={"model", "data", "norm", "eps", "seed", "progress"},
+)

@@ -14,13 +14,13 @@ Every function returns JSON-ready values (per-sample lists included) and never m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
-from .audit import json_safe
+from .common import json_safe
 
 if TYPE_CHECKING:
     import torch
@@ -47,19 +47,31 @@ def minimal_norm_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
     Pintor, Roli, Brendel & Biggio, "Fast Minimum-norm Adversarial Attacks through Adaptive Norm Constraints",
     NeurIPS 2021.
     """
+    batches = ((a, min(a + batch_size, x.shape[0]), x[a:a + batch_size], y[a:a + batch_size])
+               for a in range(0, x.shape[0], batch_size))
+    return minimal_norm_from_batches(model, batches, x.shape[0], norm=norm, bounds=bounds, steps=steps, seed=seed,
+                                     grid=grid, progress=progress)
+
+
+def minimal_norm_from_batches(model: nn.Module, batches: Iterable[tuple[int, int, torch.Tensor, torch.Tensor]],
+                              total: int, *, norm: str, bounds: tuple[float, float], steps: int = 100,
+                              seed: int = 0, grid: int = 101, progress: Callable[[int, int], None] | None = None
+                              ) -> dict[str, Any]:
+    """:func:`minimal_norm_curve` over ``(start, stop, x, y)`` batches of ``total`` samples (e.g. those of
+    :meth:`adverse.streaming.Stream.batches`), so the data need not be in memory."""
     import torch
 
     from ..evasion.fmn import fmn
 
     started = time.perf_counter()
     norms, fw, bw = [], 0, 0
-    for a in range(0, x.shape[0], batch_size):
-        r = fmn(model, x[a:a + batch_size], y[a:a + batch_size], norm=norm, steps=steps, bounds=bounds, seed=seed)
-        norms.append(torch.where(r.success, r.norms, torch.full_like(r.norms, float("inf"))))
+    for _, b, xb, yb in batches:
+        r = fmn(model, xb, yb, norm=norm, steps=steps, bounds=bounds, seed=seed)
+        norms.append(torch.where(r.success, r.norms, torch.full_like(r.norms, float("inf"))).cpu())
         fw, bw = fw + r.forwards, bw + r.backwards
         if progress is not None:
-            progress(min(a + batch_size, x.shape[0]), x.shape[0])
-    d = torch.cat(norms).double().cpu().numpy()
+            progress(b, total)
+    d = torch.cat(norms).double().numpy()
     finite = d[np.isfinite(d)]
     top = float(finite.max()) if finite.size else 0.0
     eps = np.linspace(0.0, top * 1.02 if top > 0 else 1.0, grid)

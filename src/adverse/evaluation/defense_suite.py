@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..validation import validated
-from .audit import DEFAULT_EPS, ProgressFn, json_safe
+from .common import DEFAULT_EPS, ProgressFn, SuiteContext, json_safe, option_default
+from .suites import Suite
 
 if TYPE_CHECKING:
     from torch import nn
@@ -280,3 +281,25 @@ def defense_suite(
 
 
 __all__ = ["LAYERS", "build_layer", "check_layer", "defense_suite", "parse_layer"]
+
+
+def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
+    """The defense suite in an audit: evaluated on the first ``n`` samples (at most the audit's ``n``), fitted on
+    the training data."""
+    own = options.pop("n", option_default(defense_suite, "n"))
+    k = own if ctx.n is None else ctx.n if own is None else min(own, ctx.n)
+    data = ctx.data.take(len(ctx.data) if k is None else k)
+    return defense_suite(ctx.model, data, train=ctx.members, recipe=ctx.recipe, norm=ctx.norm, eps=ctx.eps,
+                         seed=ctx.seed, progress=ctx.progress, n=k, **options)
+
+
+def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
+    check_layer(options.get("layer"), model=ctx.model, train=ctx.members is not None, recipe=ctx.recipe is not None,
+                retrain=options.get("retrain"))
+
+
+SUITE = Suite(
+    name="defense", key="defense", function=defense_suite, run=_run, check=_check, needs=frozenset(), default=False,
+    what="a preprocessing defense against oblivious and adaptive attackers", samples=lambda result: result["n"],
+    passed={"model", "data", "train", "recipe", "norm", "eps", "seed", "progress"},
+)

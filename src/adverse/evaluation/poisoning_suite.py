@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
-from .audit import ProgressFn, _check_int
+from .common import ProgressFn, SuiteContext, check_int
+from .suites import Suite
 
 if TYPE_CHECKING:
     from torch import nn
@@ -215,13 +216,13 @@ def poisoning_suite(
                          f"{train.num_classes} vs {test.num_classes} classes")
     rate_list = _check_rates(rates)
     target = check_class(target, train.num_classes, "target")
-    size = _check_int("size", size, 1)
+    size = check_int("size", size, 1)
     detect_rate = check_rate(detect_rate, "detect_rate")
     names = _check_detectors(detectors)
     if names and detect_rate == 0:
         raise InputError("detect_rate is 0: there are no poisons to detect; pass detect_rate > 0 or detectors=()")
     fpr = check_rate(fpr, "fpr")
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
 
     extra = 1 if names and not any(math.isclose(r, detect_rate) for r in rate_list) else 0
     total = len(rate_list) + extra + len(names)
@@ -265,3 +266,16 @@ def poisoning_suite(
 
 
 __all__ = ["DETECTORS", "poisoning_suite", "representation_layer"]
+
+
+def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
+    """The poisoning suite in an audit: tested on the first ``n`` samples (all without ``n``), in memory."""
+    test = ctx.data.take(len(ctx.data) if ctx.n is None else ctx.n)
+    return poisoning_suite(ctx.recipe, ctx.members, test, seed=ctx.seed, progress=ctx.progress, **options)
+
+
+SUITE = Suite(
+    name="poisoning", key="poisoning", function=poisoning_suite, run=_run, needs=frozenset({"members", "recipe"}),
+    default=True, what="how easily the training can be backdoored, and whether the detectors find it",
+    samples=lambda result: result["config"]["n_test"], passed={"recipe", "train", "test", "seed", "progress"},
+)

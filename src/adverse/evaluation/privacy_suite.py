@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from .audit import json_safe
+from .common import SuiteContext, json_safe, option_default
+from .suites import Suite
 
 if TYPE_CHECKING:
     import torch
@@ -282,3 +283,20 @@ def model_inversion(model: nn.Module, reference: Dataset, *, steps: int = 300, t
                tv=tv, bounds=reference.bounds, seed=seed)
     return {"attack": "mi-face", "classes": list(range(k)), "x": r.x.detach().cpu().tolist(),
             "evaluator": f"RBF SVM on {len(y)} non-member points", **r.summary()}
+
+
+def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
+    """The privacy suite in an audit: members from the training data, non-members from all of the test data (held
+    in memory: the held-out non-members are RMIA's population); at most the audit's ``n`` of each."""
+    own = options.pop("n", option_default(privacy_suite, "n"))
+    k = own if ctx.n is None else min(own, ctx.n)
+    nonmembers = ctx.data.take(len(ctx.data))
+    return privacy_suite(ctx.model, ctx.members, nonmembers, recipe=ctx.recipe, seed=ctx.seed, executor=ctx.executor,
+                         progress=ctx.progress, n=k, **options)
+
+
+SUITE = Suite(
+    name="privacy", key="privacy", function=privacy_suite, run=_run, needs=frozenset({"members"}), default=True,
+    what="membership inference and model inversion", samples=lambda result: result["config"]["n"],
+    passed={"model", "members", "nonmembers", "recipe", "seed", "executor", "progress"},
+)

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .audit import write_atomic
+from .common import write_atomic
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -671,7 +671,7 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     py = ("import adverse\n"
           + ("# model, data (, train_data, recipe): what was audited\n" if user else "")
           + "result = adverse.evaluation.audit(\n" + "".join(f"    {a},\n" for a in py_args) + ")")
-    from .audit import DEFAULT_ATTACKS
+    from .evasion_suite import DEFAULT_ATTACKS
 
     default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0)) and (
         not checks or cfg["checks"].get("n") == min(100, results.get("n") or 0))
