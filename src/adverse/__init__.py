@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {"errors", "threat", "models", "results", "data", "zoo", "evasion", "evaluation", "privacy", "poisoning",
-               "defenses", "execution", "cli"}
+               "defenses", "execution", "cli", "corruptions", "streaming"}
 _NAMES = {
     "AdverseError": "errors",
     "ThreatModel": "threat",

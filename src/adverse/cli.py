@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .evaluation.suites import NAMES as SUITE_NAMES
 
 if TYPE_CHECKING:
     from .evaluation.audit import AuditResult
@@ -131,7 +132,7 @@ def audit(
     ] = None,
     suites: Annotated[
         str | None,
-        typer.Option("--suites", help="Comma-separated suites: evasion, privacy, poisoning, certify, defense.",
+        typer.Option("--suites", help=f"Comma-separated suites: {', '.join(SUITE_NAMES)}.",
                      show_default="every suite the inputs allow"),
     ] = None,
     autoattack: Annotated[
@@ -294,7 +295,7 @@ def audit(
 def _settings(args: dict[str, Any]) -> dict[str, Any]:
     """Command-line flags over the ``--config`` file over the defaults: the audit's keyword arguments plus
     ``out``, the model/data specs and the executor."""
-    from .config import load_config
+    from .config import SUITE_TABLES, load_config
     from .errors import AdverseError
 
     cfg = load_config(args["config"]) if args["config"] is not None else {}
@@ -343,7 +344,8 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
             "autoattack": None if autoattack == "off" else autoattack,
             **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
                if k in ev},
-            **{k: cfg[k] for k in ("privacy", "poisoning", "certify") if k in cfg},
+            **({"options": {k: cfg[k] for k in SUITE_TABLES if k in cfg and k != "defense"}}
+               if any(k in cfg for k in SUITE_TABLES if k != "defense") else {}),
             **_defense_options(args["defense"], cfg.get("defense")),
         },
     }
@@ -609,6 +611,17 @@ def _suite_lines(result: AuditResult) -> list[str]:
     if result.defense:
         lines.append(f"Defense ({escape(str(result.defense['layer']['description']))}): "
                      f"{escape(str(result.defense['verdict']))}")
+    import html
+    import re
+
+    from .evaluation import suites
+
+    for name in result.suites:  # the suites that write their own summary line (HTML, shown here as text)
+        suite = suites.get(name)
+        found = result.sections.get(suite.key) if suite.key else None
+        line = suite.summary(found) if suite.summary is not None and found else None
+        if line:
+            lines.append(escape(html.unescape(re.sub(r"<[^>]+>", "", line))))
     return lines
 
 

@@ -66,6 +66,7 @@ from typing import Any
 import tomllib
 
 from .errors import InputError
+from .evaluation.suites import NAMES
 
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str}
 MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool, "mean": (list, float, int),
@@ -75,7 +76,7 @@ DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int), "i
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
            "examples": bool, "save_adv": bool}
-SUITE_TABLES = ("privacy", "poisoning", "certify", "defense")
+SUITE_TABLES = tuple(n for n in NAMES if n != "evasion")  # a table of options per suite
 TABLES = {"model": MODEL, "data": DATA, "evasion": EVASION, **{t: None for t in SUITE_TABLES}}
 PATH_KEYS = {("model", "file"), ("data", "test"), ("data", "train")}
 

@@ -53,6 +53,7 @@ _NAMES = {
     "scan_backdoor": "backdoor_scan",
     "mm_bd": "backdoor_scan",
     "mm_bd_p_value": "backdoor_scan",
+    "DPRecipe": "dp",
 }
 
 __all__ = sorted(_SUBMODULES | set(_NAMES))

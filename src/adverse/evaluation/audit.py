@@ -33,6 +33,7 @@ from .common import (
     check_int,
     check_options,
     json_safe,
+    json_value,
     write_atomic,
 )
 from .evasion_suite import ATTACKS, DEFAULT_ATTACKS, DEFAULT_STEPS, SQUARE_QUERIES
@@ -509,9 +510,9 @@ def audit(
     import torch
 
     from .. import __version__
+    from ..data import Dataset
     from ..execution import get_executor
     from ..models import BlackBox, as_classifier, base_model
-    from ..data import Dataset
     from ..streaming import Stream, as_data
     from ..threat import check_norm
     from .evasion_suite import predict_checked
@@ -643,7 +644,7 @@ def audit(
                               "suites": suite_list, "attacks": {}}  # the evasion suite says which ran
     for k in registry.NAMES:
         if k in suite_list and k != "evasion" and k in given:
-            config[k] = opts[k]
+            config[registry.key_of(k)] = json_value(opts[k])
     key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items() if o != "save_adv"}
                                        for k in suite_list}, recipe=repr(recipe),
                       members=None if members is None else _update(hashlib.sha256(), members.x, members.y).hexdigest())

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
-from .common import DEFAULT_EPS, ProgressFn, SuiteContext, check_int, option_default
+from .common import DEFAULT_EPS, ProgressFn, SuiteContext, check_int
 from .common import check_eps as check_budgets
 from .suites import Suite
 
@@ -222,9 +222,8 @@ __all__ = ["METHODS", "certify_suite"]
 
 def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     """The certify suite in an audit: the first ``n`` samples (at most the audit's ``n``) in memory."""
-    own = options.pop("n", option_default(certify_suite, "n"))
-    k = own if ctx.n is None else ctx.n if own is None else min(own, ctx.n)
-    data = ctx.data.take(len(ctx.data) if k is None else k)
+    k = ctx.take_n(options, certify_suite)
+    data = ctx.data.take(min(len(ctx.data), k or len(ctx.data)))
     return certify_suite(ctx.model, data, norm=ctx.norm, eps=ctx.eps, seed=ctx.seed, progress=ctx.progress, n=k,
                          **options)
 

@@ -60,6 +60,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def json_value(value: Any) -> Any:
+    """``value`` as results.json can hold it: JSON's own types as they are (non-finite floats as None), anything
+    else (a model, a function) as its ``repr`` — the configuration says what was passed, it does not rebuild it."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return json_safe(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return repr(value)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in the same folder and a rename: a
     reader never sees a half-written file, and an interruption leaves the previous file intact."""
@@ -113,6 +127,17 @@ class SuiteContext:
     part: Callable[[str, Callable[[], Any]], Any]
     state: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def take_n(self, options: dict[str, Any], fn: Callable[..., Any]) -> int | None:
+        """How many test samples a suite uses, removing its ``n`` option from ``options``: its ``n`` as given (at
+        most the audit's ``n``; the suite refuses more than the data holds), else its default at most the audit's
+        ``n`` and the data."""
+        if "n" not in options:
+            return self.bounded(option_default(fn, "n"))
+        own = options.pop("n")
+        if own is not None:
+            check_int("n", own, 1)
+        return own if self.n is None else self.n if own is None else min(own, self.n)
 
     def bounded(self, own: int | None) -> int:
         """How many samples a suite whose own limit is ``own`` (None: no limit) uses: at most ``n``, at most

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..validation import validated
-from .common import DEFAULT_EPS, ProgressFn, SuiteContext, json_safe, option_default
+from .common import DEFAULT_EPS, ProgressFn, SuiteContext, json_safe
 from .suites import Suite
 
 if TYPE_CHECKING:
@@ -286,9 +286,8 @@ __all__ = ["LAYERS", "build_layer", "check_layer", "defense_suite", "parse_layer
 def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     """The defense suite in an audit: evaluated on the first ``n`` samples (at most the audit's ``n``), fitted on
     the training data."""
-    own = options.pop("n", option_default(defense_suite, "n"))
-    k = own if ctx.n is None else ctx.n if own is None else min(own, ctx.n)
-    data = ctx.data.take(len(ctx.data) if k is None else k)
+    k = ctx.take_n(options, defense_suite)
+    data = ctx.data.take(min(len(ctx.data), k or len(ctx.data)))
     return defense_suite(ctx.model, data, train=ctx.members, recipe=ctx.recipe, norm=ctx.norm, eps=ctx.eps,
                          seed=ctx.seed, progress=ctx.progress, n=k, **options)
 

@@ -63,9 +63,7 @@ eight rows are drawn.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import io
 import json
 import os
@@ -75,12 +73,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from . import suites as registry
 from .common import write_atomic
+from .html import FIGURES_DIR
+from .html import Figures as _Figures
+from .html import escape as _e
+from .html import label as _label
+from .html import num as _num
+from .html import pct as _pct
+from .html import table as _table
 
 REPORT_FILE = "report.html"
-FIGURES_DIR = "figures"
 MAX_EXAMPLES = 8
-MAX_LABEL = 60  # characters of text from the results in a figure's legend, title or axis label
 MAX_INVERSIONS = 100  # reconstructions drawn side by side (a figure is at most 2^16 pixels wide)
 MAX_EXAMPLES_BYTES = 64 * 2**20  # examples.npz, on disk and unpacked
 _NAMES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "worst-case": "worst case"}
@@ -106,83 +110,8 @@ ul.ev{margin:0;padding-left:1.1em;font-size:.9em}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _e(value: Any) -> str:
-    """Any value as escaped HTML text."""
-    return html.escape(str(value), quote=True)
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}%"
-
-
-def _num(x: Any) -> str:
-    """A compact rendering of a number (or a list of numbers) from the results."""
-    if isinstance(x, bool) or x is None:
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, (list, tuple)):
-        return "[" + ", ".join(_num(v) for v in x) + "]"
-    if isinstance(x, Mapping):
-        return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in x.items()) + "}"
-    return str(x)
-
-
 def _name(attack: str) -> str:
     return _NAMES.get(attack, attack)
-
-
-def _label(text: Any) -> str:
-    """Any text from the results as a matplotlib string that is drawn verbatim: every ``$`` escaped (so nothing
-    starts mathtext; matplotlib removes the escape when it draws non-math text, whatever backslashes precede it),
-    control characters shown as U+FFFD (no missing-glyph warnings), a leading ``_`` kept visible (a legend
-    leaves out labels that start with ``_``), and at most :data:`MAX_LABEL` characters (the HTML has the rest)."""
-    s = str(text)
-    s = s if len(s) <= MAX_LABEL else s[: MAX_LABEL - 1] + "…"
-    s = "".join("\ufffd" if (ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160 else c for c in s)
-    s = s.replace("$", r"\$")
-    return "\u200b" + s if s.startswith("_") else s
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """An HTML table; ``header`` is plain text (escaped here), ``rows`` hold cells that are already HTML."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='r'>{c}</td>" if i in right else f"<td>{c}</td>" for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-class _Figures:
-    """Collects the report's figures: saves each as ``figures/<name>.png`` and returns its ``<figure>`` HTML."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.written: list[Path] = []
-
-    def new(self, width: float = 7.0, height: float = 4.2) -> Any:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        return fig
-
-    def embed(self, fig: Any, name: str, caption: str) -> str:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        png = buf.getvalue()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{name}.png"
-        write_atomic(path, png)
-        self.written.append(path)
-        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        return (f"<figure><img src='{uri}' alt='{_e(caption)}'>"
-                f"<figcaption>{_e(caption)} (also saved as {_e(FIGURES_DIR + '/' + path.name)})</figcaption></figure>")
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -276,7 +205,23 @@ def _suite_summaries(results: Mapping[str, Any]) -> list[str]:
     defense = results.get("defense")
     if isinstance(defense, Mapping) and defense.get("verdict"):
         out.append(f"<b>Defense ({_e(defense.get('layer', {}).get('name', ''))}).</b> {_e(defense['verdict'])}")
+    for key, suite in _own_sections(results):
+        line = suite.summary(results[key]) if suite.summary is not None else None
+        if line:
+            out.append(line)
     return out
+
+
+def _own_sections(results: Mapping[str, Any]) -> list[tuple[str, registry.Suite]]:
+    """The suites in ``results`` that draw their own report section and summary line (registry order)."""
+    found = []
+    for name in registry.NAMES:
+        key = registry.key_of(name)
+        if key in results and isinstance(results[key], Mapping):
+            suite = registry.get(name)
+            if suite.section is not None:
+                found.append((key, suite))
+    return found
 
 
 def _per_attack_plot(figs: _Figures, rows: Sequence[Mapping[str, Any]], x: str, y: str, xlabel: str) -> Any:
@@ -648,7 +593,7 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     suites = list(cfg.get("suites", ["evasion"]))
     aa = cfg.get("autoattack")
     mn = "minimal_norm" in cfg or "evasion" not in suites
-    options = {k: cfg[k] for k in ("privacy", "poisoning", "certify", "defense") if cfg.get(k)}
+    options = {k: cfg[k] for k in registry.KEYS if cfg.get(k)}
     defense = cfg.get("defense") or {}
     cli_defense = set(defense) == {"layer"} and isinstance(defense["layer"], str)  # --defense says it all
     eps = ",".join(repr(float(e)) for e in cfg.get("eps", []))
@@ -660,7 +605,11 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
         py_args.append(f"check_n={cfg['checks']['n']!r}")
     if aa:
         py_args.append(f"autoattack_n={aa['n']!r}")
-    py_args += [f"{k}={v!r}" for k, v in options.items()]
+    named = ("privacy", "poisoning", "certify", "defense")  # audit()'s own keyword arguments; the rest: options=
+    py_args += [f"{k}={v!r}" for k, v in options.items() if k in named]
+    others = {registry.get(k.replace("_", "-")).name: v for k, v in options.items() if k not in named}
+    if others:
+        py_args.append(f"options={others!r}")
     user = model.get("source") == "user"
     if user:
         py_args = ["model", "data", *py_args]
@@ -896,7 +845,8 @@ def _drawing() -> Iterator[None]:
 
 _SAMPLE_WORDS = {"evasion": "attacked", "checks": "sanity checks", "minimal_norm": "minimal-norm curve",
                  "autoattack": "AutoAttack", "examples": "examples", "privacy": "members, and as many non-members",
-                 "poisoning": "test samples", "certify": "certified", "defense": "evaluated"}
+                 "poisoning": "test samples", "certify": "certified", "defense": "evaluated",
+                 "corruptions": "images corrupted", "backdoor_scan": "clean images", "dp_audit": "training records"}
 
 
 def _with_samples(section: str, results: Mapping[str, Any], parts: Sequence[str]) -> str:
@@ -925,6 +875,7 @@ def _render(results: Mapping[str, Any], out: Path, examples: Mapping[str, Any] |
         _with_samples(_poisoning_section(results, figs), results, ("poisoning",)),
         _with_samples(_certify_section(results, figs), results, ("certify",)),
         _with_samples(_defense_section(results, figs), results, ("defense",)),
+        *[_with_samples(suite.section(results[key], figs), results, (key,)) for key, suite in _own_sections(results)],
         _with_samples(_examples_section(examples, figs), results, ("examples",)),
         _reproduce_section(results),
     ]

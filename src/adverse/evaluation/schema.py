@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..files import read_regular
+from .suites import KEYS, NAMES, get
 
 SCHEMA_VERSION = 1
 MAX_RESULTS_BYTES = 64 * 2**20
@@ -56,7 +57,7 @@ MAX_INT = 2**63 - 1
 them as floats."""
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGES = 10_000
-SUITES = ("evasion", "privacy", "poisoning", "certify", "defense")
+SUITES = NAMES  # every registered suite (adverse.evaluation.suites)
 NORMS = ("linf", "l2", "l1")
 METHODS = ("ibp", "smoothing")
 _TOL = 1e-6
@@ -159,6 +160,10 @@ def number(lo: float | None = None, hi: float | None = None, null: bool = False,
 
 
 BUDGET = number(0.0, MAX_BUDGET)
+STRING: Check = _str
+OBJECT: Check = _obj
+BOOLEAN: Check = _bool
+ANY: Check = _any
 FRACTION = number(0.0, 1.0)
 FRACTION_OR_NULL = number(0.0, 1.0, null=True)
 NONNEG = number(0.0)
@@ -211,7 +216,7 @@ def fields(spec: Mapping[str, tuple[Check, str]], full: bool) -> Check:
     return check
 
 
-def _either(*checks: Check) -> Check:
+def either(*checks: Check) -> Check:
     def check(v: Any, p: tuple) -> None:
         first = None
         for c in checks:
@@ -301,7 +306,7 @@ def _autoattack(full: bool) -> Check:
     def check(v: Any, p: tuple) -> None:
         fields({"version": (_str, "O"), "eps": (BUDGET, "O"), "n": (integer(1), "O"),
                 "robust_accuracy": (FRACTION, "O"), "attacks": (list_of(_str), "O"),
-                "per_attack": (_either(list_of(_obj), _none), "O"), "forwards": (COUNT, "O"),
+                "per_attack": (either(list_of(_obj), NULL), "O"), "forwards": (COUNT, "O"),
                 "backwards": (COUNT, "O"), "minimal_norm": (claim, "O"), "fixed_eps": (claim, "O"),
                 "combined_robust_accuracy": (FRACTION, "O"), "missed": (COUNT, "O"),
                 "status": (one_of(("pass", "warn")), "O"), "message": (_str, "O"), "seconds": (NONNEG, "O")},
@@ -317,13 +322,16 @@ def _none(v: Any, p: tuple) -> None:
         raise _Bad(p, f"is {_what(v)}, not null")
 
 
+NULL: Check = _none
+
+
 def _privacy(full: bool) -> Check:
     fprs = map_of(FRACTION_OR_NULL)
     roc = fields({"fpr": (list_of(FRACTION), "R"), "tpr": (list_of(FRACTION), "R")}, True)
 
     def row(v: Any, p: tuple) -> None:
         fields({"attack": (_str, "R"), "auc": (FRACTION_OR_NULL, "O"), "balanced_accuracy": (FRACTION_OR_NULL, "O"),
-                "tpr_at_fpr": (fprs, "O"), "ci": (map_of(_either(list_of(FRACTION, 2, 2), _none)), "O"),
+                "tpr_at_fpr": (fprs, "O"), "ci": (map_of(either(list_of(FRACTION, 2, 2), NULL)), "O"),
                 "confidence": (FRACTION, "O"), "n_members": (COUNT, "O"), "n_nonmembers": (COUNT, "O"),
                 "roc": (roc, "O"), "warnings": (list_of(_str), "O"), "params": (_obj, "O"),
                 "baseline": (fields({"auc": (FRACTION_OR_NULL, "O"), "tpr_at_fpr": (fprs, "O")}, full), "O"),
@@ -337,7 +345,7 @@ def _privacy(full: bool) -> Check:
                 raise _Bad((*p, "auc"), "is missing or null, but the row has a ROC to draw", missing=True)
 
     def inversion(v: Any, p: tuple) -> None:
-        fields({"x": (_images, "R"), "classes": (list_of(_either(integer(None), _str)), "R"),
+        fields({"x": (_images, "R"), "classes": (list_of(either(integer(None), _str)), "R"),
                 "evaluator_accuracy": (FRACTION, "R"), "baseline_evaluator_accuracy": (FRACTION_OR_NULL, "O"),
                 "chance": (FRACTION_OR_NULL, "O"), "evaluator": (_str, "O"), "attack": (_str, "O"),
                 "mean_confidence": (FRACTION_OR_NULL, "O"), "params": (_obj, "O"), "seconds": (NONNEG, "O")},
@@ -402,7 +410,7 @@ def _defense(full: bool) -> Check:
     layer = fields({"name": (_str, "O"), "description": (_str, "O"), "options": (_obj, "O")}, full)
     return fields({"rows": (list_of(row), "O"), "clean_accuracy": (clean, "O"), "norm": (_str, "O"),
                    "adaptive_attacks": (list_of(_str), "O"), "layer": (layer, "O"), "retrained": (_bool, "O"),
-                   "detector": (_either(_str, _none), "O"), "verdict": (_str, "O"), "n": (COUNT, "O"),
+                   "detector": (either(_str, NULL), "O"), "verdict": (_str, "O"), "n": (COUNT, "O"),
                    "eps": (list_of(BUDGET), "O"), "config": (_obj, "O"), "seconds": (map_of(NONNEG), "O")}, full)
 
 
@@ -418,12 +426,11 @@ def _config(full: bool) -> Check:
         "attacks": (map_of(fields({"steps": (integer(1), "O")}, full)), "F"),
         "suites": (list_of(one_of(SUITES), 1, unique=True), "O"),
         "checks": (fields({"eps": (BUDGET, "O"), "n": (integer(1), "O"), "steps": (COUNT, "O"),
-                           "square_max_queries": (COUNT, "O"), "surrogate": (_either(_str, _none), "O")}, full), "O"),
+                           "square_max_queries": (COUNT, "O"), "surrogate": (either(_str, NULL), "O")}, full), "O"),
         "minimal_norm": (_obj, "O"),
-        "autoattack": (_either(_none, fields({"version": (one_of(("fast", "standard")), "R"),
+        "autoattack": (either(NULL, fields({"version": (one_of(("fast", "standard")), "R"),
                                               "eps": (BUDGET, "O"), "n": (integer(1), "R")}, full)), "O"),
-        "privacy": (_identifier_keys, "O"), "poisoning": (_identifier_keys, "O"), "certify": (_identifier_keys, "O"),
-        "defense": (_identifier_keys, "O"),
+        **{key: (_identifier_keys, "O") for key in KEYS},
     }, full)
 
 
@@ -437,7 +444,7 @@ def _top(full: bool) -> Check:
     return fields({
         "schema_version": (_version, "F"), "kind": (one_of(("robustness-audit",)), "F"), "created": (_str, "F"),
         "model": (fields({"name": (_str, "F"), "source": (_str, "F"), "parameters": (integer(0, null=True), "O"),
-                          "file": (_str, "O"), "arch": (_either(_str, _none), "O"), "recipe": (_str, "O"),
+                          "file": (_str, "O"), "arch": (either(_str, NULL), "O"), "recipe": (_str, "O"),
                           "recipe_spec": (_str, "O"), "black_box": (_bool, "O")}, full), "F"),
         "data": (fields({"name": (_str, "F"), "source": (_str, "F"), "n": (COUNT, "O"), "num_classes": (COUNT, "O"),
                          "bounds": (_bounds, "O"), "shape": (list_of(integer(1)), "O"), "spec": (_str, "O"),
@@ -459,17 +466,13 @@ def _top(full: bool) -> Check:
         "suites": (list_of(one_of(SUITES), 1, unique=True), "O"),
         "minimal_norm": (_minimal_norm(full), "O"),
         "autoattack": (_autoattack(full), "O"),
-        "privacy": (_privacy(full), "O"),
-        "poisoning": (_poisoning(full), "O"),
-        "certify": (_certify(full), "O"),
-        "defense": (_defense(full), "O"),
+        **{key: (part_check(key)(full), "O") for key in KEYS},
         "samples": (map_of(COUNT, key=lambda k: k in SAMPLE_PARTS,
                            what=f"keys are suites and parts ({', '.join(SAMPLE_PARTS)})"), "O"),
     }, full)
 
 
-SAMPLE_PARTS = ("evasion", "checks", "minimal_norm", "autoattack", "examples", "privacy", "poisoning", "certify",
-                "defense")
+SAMPLE_PARTS = ("evasion", "checks", "minimal_norm", "autoattack", "examples", *KEYS)
 """The keys of results.json's ``samples``: how many samples each suite and part used."""
 
 
@@ -591,6 +594,17 @@ PART_CHECKS: dict[str, Callable[[bool], Check]] = {
     "checks": _checks, "minimal_norm": _minimal_norm, "autoattack": _autoattack, "privacy": _privacy,
     "poisoning": _poisoning, "certify": _certify, "defense": _defense,
 }
+"""The checks of the parts this module knows; a registered suite may bring its own (``Suite.schema``)."""
+
+
+def part_check(name: str) -> Callable[[bool], Check]:
+    """The check of results.json's part ``name``: this module's, else its suite's own schema, else any object."""
+    if name in PART_CHECKS:
+        return PART_CHECKS[name]
+    suite = get(name.replace("_", "-")) if name.replace("_", "-") in NAMES else None
+    if suite is not None and suite.schema is not None:
+        return suite.schema
+    return lambda full: _obj
 
 
 def validate_part(name: str, value: Any) -> str | None:
@@ -598,8 +612,7 @@ def validate_part(name: str, value: Any) -> str | None:
     is (or when ``name`` has no checker)."""
     try:
         _walk(value)
-        if name in PART_CHECKS:
-            PART_CHECKS[name](True)(value, (name,))
+        part_check(name)(True)(value, (name,))
     except _Bad as e:
         return f"{format_path(e.path)} {e.problem}"
     return None

@@ -26,6 +26,9 @@ MODULES = {
     "poisoning": "poisoning_suite",
     "certify": "certify_suite",
     "defense": "defense_suite",
+    "corruptions": "corruptions_suite",
+    "backdoor-scan": "backdoor_scan_suite",
+    "dp-audit": "dp_audit_suite",
 }
 """Every suite's name and module, in the order an audit runs them (and the report shows them)."""
 
