@@ -10,7 +10,9 @@ dictionary that the audit stores as ``results["poisoning"]`` and that
    clean accuracy and the attack success rate (ASR) on triggered test inputs of the non-target classes;
 2. at ``detect_rate``, run each detector on the poisoned training set with the poisoned model, score it against
    the truth (AUROC, TPR/FPR of the detector's own decision, TPR at a fixed FPR), remove the flagged samples,
-   retrain with the recipe and measure clean accuracy and ASR again.
+   retrain with the recipe and measure clean accuracy and ASR again. Activation clustering decides by
+   exclusionary reclassification (one more training per detection: a model without the suspect clusters must
+   still classify them as their labels), the analysis that holds at every poison rate.
 
 Metric definitions are BackdoorBench's (C-Acc, ASR).
 
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from ..poisoning.data import PoisonedData
 
 DETECTORS = ("activation_clustering", "spectral_signatures")
+MAX_SHARE = 0.6
+"""The largest poison share of a label spectral signatures is told to expect (it removes 1.5 × that of every label)."""
 Recipe = Callable[["Dataset", int], "nn.Module"]
 
 
@@ -96,20 +100,24 @@ def representation_layer(model: nn.Module) -> str:
                      "pass layer= naming the module whose input is the representation")
 
 
-def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, seed: int) -> PoisonScores:
+def _detect(name: str, model: nn.Module, poisoned: PoisonedData, layer: str, seed: int,
+            retrain: Callable[[Dataset, int], nn.Module]) -> PoisonScores:
     """Run detector ``name`` on the poisoned training set with the poisoned model.
 
-    Spectral signatures removes ``1.5 ε`` of every label, where ε bounds the poisons' share of a label: with an
-    all-to-one backdoor at rate ``ρ`` over ``K`` classes that share is at most ``ρK / (1 + ρK)`` (every poison
-    relabelled to one class of about ``n / K`` samples), which is used here.
+    Activation clustering decides with Chen et al.'s exclusionary reclassification (``retrain``: the recipe):
+    it holds at every poison rate, where the relative-size rule breaks once poisons are a large share of their
+    label (benchmarks/BENCHMARKS.md, "Poison defenses"). Spectral signatures removes ``1.5 ε`` of every label,
+    where ε bounds the poisons' share of a label: with an all-to-one backdoor at rate ``ρ`` over ``K`` classes that
+    share is at most ``ρK / (1 + ρK)`` (every poison relabelled to one class of about ``n / K`` samples), capped
+    at :data:`MAX_SHARE` (removing more than 1.5 × 0.6 of every label leaves too little to train on).
     """
     from ..defenses.poison_detection import activation_clustering, spectral_signatures
 
     data = poisoned.dataset()
     if name == "activation_clustering":
-        return activation_clustering(model, data, layer=layer, seed=seed)
+        return activation_clustering(model, data, layer=layer, seed=seed, analysis="exclusionary", train_fn=retrain)
     share = poisoned.poison_rate * data.num_classes
-    return spectral_signatures(model, data, expected_fraction=share / (1 + share), layer=layer)
+    return spectral_signatures(model, data, expected_fraction=min(share / (1 + share), MAX_SHARE), layer=layer)
 
 
 def _attack_row(recipe: Recipe, train: Dataset, test: Dataset, rate: float, *, target: int, size: int,
@@ -135,9 +143,12 @@ def _detector_row(recipe: Recipe, name: str, model: nn.Module, poisoned: Poisone
     from ..zoo import train_with
 
     started = time.perf_counter()
-    scores = _detect(name, model, poisoned, layer, seed)
+    def retrain(data: Dataset, s: int) -> nn.Module:
+        return train_with(recipe, data, s)
+
+    scores = _detect(name, model, poisoned, layer, seed, retrain)
     params = {"layer": layer, **{k: v for k, v in scores.details.items() if isinstance(v, (str, int, float))}}
-    out = scores.outcome(lambda data, s: train_with(recipe, data, s), poisoned, test, fpr=fpr, seed=seed)
+    out = scores.outcome(retrain, poisoned, test, fpr=fpr, seed=seed)
     q, after = out["detection"], out["after_removal"]
     return {
         "detector": name, "poison_rate": float(poisoned.params["rate"]), "params": params, "auroc": _finite(q["auroc"]),
