@@ -511,11 +511,12 @@ def _load(model: Path | str | None, arch: str | None, data: str | None, train: s
         raise AdverseError("pass both --model and --data to audit your own model (or neither for the demo)")
     loaded["model"] = load_model(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code, mean=mean,
                                  std=std)
-    loaded["data"] = load_data(data, label_column=label_column, **images)
-    check_input_shape(loaded["model"], loaded["data"].x.shape[1:], f"--data {data}")
+    # a folder of images is streamed (memory does not grow with the number of images); files are loaded whole
+    loaded["data"] = load_data(data, label_column=label_column, stream=Path(data).is_dir(), **images)
+    check_input_shape(loaded["model"], loaded["data"].shape, f"--data {data}")
     if train is not None:
         loaded["train_data"] = load_data(train, label_column=label_column, **images)
-        check_input_shape(loaded["model"], loaded["train_data"].x.shape[1:], f"--train-data {train}")
+        check_input_shape(loaded["model"], loaded["train_data"].shape, f"--train-data {train}")
     loaded["info"] = {"file": str(model), "arch": arch, "data": data, "train": train, "recipe": recipe,
                       "loaded": model_info(loaded["model"]), "images": images}
     return loaded

@@ -106,7 +106,7 @@ import warnings
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -119,6 +119,9 @@ from .errors import InputError, ModelError
 from .files import read_regular
 from .models import BlackBox, Normalize
 from .validation import validated
+
+if TYPE_CHECKING:
+    from .streaming import Stream
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -137,11 +140,51 @@ def _import(spec: str, what: str, form: str) -> Any:
                          "PYTHONPATH") from e
 
 
+TIMM_HINT = "timm is not importable here (pip install timm; it needs a torchvision that matches torch)"
+
+
+def timm_architecture(spec: str) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **options)`` for ``spec`` = ``"name"`` or
+    ``"name,key=int,..."`` (e.g. ``"resnet18,num_classes=10"``): the architecture only; the weights come from the
+    user's file (nothing is downloaded). Options are whole numbers (``num_classes``, ``in_chans``, ...)."""
+    name, *options = [part.strip() for part in spec.split(",")]
+    kwargs: dict[str, int] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if not key.isidentifier() or not re.fullmatch(r"[0-9]{1,7}", value):
+            raise ModelError(f"timm option {option!r} in --arch timm:{spec} is not key=whole number (e.g. "
+                             "num_classes=10)")
+        kwargs[key] = int(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
+        raise ModelError(f"{name!r} is not a timm model name (letters, digits, '_' and '.'), in --arch timm:{spec}")
+    try:
+        import timm
+    except Exception as e:  # a torchvision built for another torch fails with RuntimeError, not ImportError
+        raise ModelError(f"--arch timm:{spec}: {TIMM_HINT} ({type(e).__name__}: {e})") from None
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as e:  # timm raises RuntimeError for an unknown name, TypeError for an unknown option
+        raise ModelError(f"timm cannot build {name!r} with {kwargs} ({type(e).__name__}: {e}); see timm.list_models()"
+                         ) from None
+
+
+def timm_normalization(model: nn.Module) -> tuple[list[float], list[float], list[int] | None] | None:
+    """The mean, std and input size a timm model's ``pretrained_cfg`` states (None when it states no mean/std)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if not isinstance(cfg, dict) or "mean" not in cfg or "std" not in cfg:
+        return None
+    size = cfg.get("input_size")
+    return list(cfg["mean"]), list(cfg["std"]), list(size) if size is not None else None
+
+
 def build_architecture(arch: str) -> nn.Module:
-    """An untrained module from ``arch``: a zoo class or recipe name, or ``package.module:factory``."""
+    """An untrained module from ``arch``: a zoo class or recipe name, ``timm:name[,key=int...]`` (timm's registry,
+    where timm is importable), or ``package.module:factory``."""
     from . import zoo
 
-    if ":" in arch:
+    if arch.startswith("timm:"):
+        model = timm_architecture(arch[len("timm:"):])
+    elif ":" in arch:
         model = _import(arch, "architecture", "package.module:factory")()
     elif arch in zoo.RECIPES:
         model = zoo._build(zoo.RECIPES[arch]["arch"])
@@ -379,6 +422,11 @@ def load_model(
     else:
         model = _load_model(p, arch, trust_pickle, trust_code, info)
         given_by, source = None, archives.sha256(p)
+        timm_cfg = timm_normalization(model) if arch is not None and arch.startswith("timm:") else None
+        if timm_cfg is not None:  # timm's models expect its normalized inputs, as their pretrained_cfg states
+            given_by = (*check_normalization(timm_cfg[0], timm_cfg[1]), f"timm pretrained_cfg of {arch[5:]}")
+            if timm_cfg[2] is not None:
+                info.update(input_shape=timm_cfg[2], input_shape_source="timm pretrained_cfg")
     if given is not None:
         given_by = (*given, "given")
     if given_by is not None:
@@ -734,8 +782,9 @@ def _decode_image(f: Path, raw: bytes) -> np.ndarray:
         raise InputError(f"{f} is not a readable image ({type(e).__name__}: {e}); replace or remove it") from e
 
 
-def _image_folder(root: Path, image_size: int | None = None, resize: int | None = None,
-                  center_crop: int | None = None) -> Dataset:
+def _folder_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class folders of ``root`` (name order) and every image file in them with its label; links that leave
+    ``root`` are refused, files that are not images are never opened."""
     root_real = os.path.realpath(root)
     classes = []
     for entry in _listing(root):
@@ -746,9 +795,7 @@ def _image_folder(root: Path, image_size: int | None = None, resize: int | None 
             classes.append(entry.name)
     if not classes:
         raise InputError(f"{root} has no class sub-folders; put each class's images in its own folder")
-    arrays: list[np.ndarray] = []
-    ys: list[int] = []
-    size, pixels, channels = None, 0, 1
+    files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         count = 0
         for entry in _listing(root / name):
@@ -758,35 +805,100 @@ def _image_folder(root: Path, image_size: int | None = None, resize: int | None 
             if not _within(f, root_real):
                 raise InputError(f"{f} links to {os.path.realpath(f)}, outside {root}; images must lie inside the "
                                  "data folder")
-            arr = _decode_image(f, _read_regular(f, "image"))
-            if image_size is not None or resize is not None or center_crop is not None:
-                arr = _transform(arr, f, image_size, resize, center_crop)
-            if size is None:
-                size = arr.shape[1:]
-            elif arr.shape[1:] != size:
-                raise InputError(f"{f} has shape {arr.shape[1:]}, others {size}; images of different sizes need "
-                                 "--image-size N (resize each to N×N), or --resize N (shorter side to N) with "
-                                 "--center-crop N (e.g. --resize 256 --center-crop 224)")
-            pixels, channels = pixels + arr[0].size, max(channels, arr.shape[0])
-            if pixels * channels * 4 > _data.MAX_ARRAY_BYTES:
-                raise InputError(f"{root}: the images take more than {_data.MAX_ARRAY_BYTES:,} bytes as float32 "
-                                 "(adverse.data.MAX_ARRAY_BYTES); audit a subset, or raise the limit")
-            arrays.append(arr)
-            ys.append(label)
+            files.append((f, label))
             count += 1
         if count == 0:
             raise InputError(f"the class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); add "
                              "its images or remove the folder (every sub-folder is a class)")
-    x = np.empty((len(arrays), channels, *size), dtype=np.float32)
-    for i, a in enumerate(arrays):
-        x[i] = a  # a grey image in a folder with colour: its one channel repeated to R, G and B
-    note = (f"image folder: {len(classes)} classes in name order ({', '.join(classes)}); "
+    return classes, files
+
+
+def _read_image(f: Path, raw: bytes, transform: tuple[int | None, int | None, int | None],
+                size: tuple[int, ...] | None) -> np.ndarray:
+    """One image file decoded, converted and transformed; its size checked against the others' (``size``)."""
+    arr = _decode_image(f, raw)
+    if any(v is not None for v in transform):
+        arr = _transform(arr, f, *transform)
+    if size is not None and arr.shape[1:] != size:
+        raise InputError(f"{f} has shape {arr.shape[1:]}, others {size}; images of different sizes need "
+                         "--image-size N (resize each to N×N), or --resize N (shorter side to N) with "
+                         "--center-crop N (e.g. --resize 256 --center-crop 224)")
+    return arr
+
+
+def _folder_note(classes: list[str], channels: int, image_size: int | None, resize: int | None,
+                 center_crop: int | None) -> str:
+    return (f"image folder: {len(classes)} classes in name order ({', '.join(classes)}); "
             + ("RGB (grey images repeated to 3 channels)" if channels == 3 else "grey, 1 channel")
             + "; alpha dropped"
             + (f"; resized to {image_size}×{image_size} (bilinear)" if image_size is not None else "")
             + (f"; shorter side resized to {resize} (bilinear)" if resize is not None else "")
             + (f"; center-cropped to {center_crop}×{center_crop}" if center_crop is not None else ""))
-    return Dataset(torch.from_numpy(x), torch.tensor(ys), root.name, len(classes), note=note)
+
+
+def _image_folder(root: Path, image_size: int | None = None, resize: int | None = None,
+                  center_crop: int | None = None) -> Dataset:
+    classes, files = _folder_files(root)
+    arrays: list[np.ndarray] = []
+    size, pixels, channels = None, 0, 1
+    for f, _ in files:
+        arr = _read_image(f, _read_regular(f, "image"), (image_size, resize, center_crop), size)
+        size = arr.shape[1:]
+        pixels, channels = pixels + arr[0].size, max(channels, arr.shape[0])
+        if pixels * channels * 4 > _data.MAX_ARRAY_BYTES:
+            raise InputError(f"{root}: the images take more than {_data.MAX_ARRAY_BYTES:,} bytes as float32 "
+                             "(adverse.data.MAX_ARRAY_BYTES); audit a subset, stream the folder "
+                             "(load_data(..., stream=True)), or raise the limit")
+        arrays.append(arr)
+    x = np.empty((len(arrays), channels, *size), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        x[i] = a  # a grey image in a folder with colour: its one channel repeated to R, G and B
+    note = _folder_note(classes, channels, image_size, resize, center_crop)
+    return Dataset(torch.from_numpy(x), torch.tensor([label for _, label in files]), root.name, len(classes),
+                   note=note)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """A folder of images per class, read one image at a time (for :class:`adverse.streaming.Stream`).
+
+    Construction reads every image once: it must decode, and all must have one size after the transform; each
+    file's SHA-256 is kept (32 bytes per image, no pixels). ``folder[i]`` reads and decodes image ``i`` again and
+    refuses it, naming the file, if its bytes changed since (a number would otherwise change silently between the
+    audit's passes). Items are ``(x, label)`` with ``x`` float32 (channels, height, width) in [0, 1], grey images
+    repeated to three channels when the folder holds colour ones.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], image_size: int | None = None, resize: int | None = None,
+                 center_crop: int | None = None) -> None:
+        check_image_transform(image_size, resize, center_crop)
+        self.root = Path(root)
+        self.transform = (image_size, resize, center_crop)
+        self.classes, files = _folder_files(self.root)
+        self.files = [f for f, _ in files]
+        self.labels = [label for _, label in files]
+        self.digests: list[bytes] = []
+        size, channels = None, 1
+        for f in self.files:
+            raw = _read_regular(f, "image")
+            arr = _read_image(f, raw, self.transform, size)
+            size, channels = arr.shape[1:], max(channels, arr.shape[0])
+            self.digests.append(hashlib.sha256(raw).digest())
+        self.size, self.channels = tuple(size), channels
+        self.note = _folder_note(self.classes, channels, image_size, resize, center_crop)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        f = self.files[i]
+        raw = _read_regular(f, "image")
+        if hashlib.sha256(raw).digest() != self.digests[i]:
+            raise InputError(f"{f} changed while it was being read (its bytes differ from the first pass); "
+                             "audit a folder nothing writes to")
+        arr = _read_image(f, raw, self.transform, self.size)
+        if arr.shape[0] != self.channels:
+            arr = np.repeat(arr, self.channels, axis=0)
+        return torch.from_numpy(arr), self.labels[i]
 
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -930,8 +1042,8 @@ def _csv(path: Path, bounds: tuple[float, float], label_column: str | int | None
 
 def load_data(
     spec: str | Path, *, bounds: tuple[float, float] = (0.0, 1.0), label_column: str | int | None = None,
-    image_size: int | None = None, resize: int | None = None, center_crop: int | None = None,
-) -> Dataset:
+    image_size: int | None = None, resize: int | None = None, center_crop: int | None = None, stream: bool = False,
+) -> Dataset | Stream:
     """A dataset from a bundled name (``digits``, ``digits:train``, ``tabular``, ``tabular:train``; the test
     split by default), an ``.npz`` file, a ``.csv`` file or a folder of images per class (see the module
     docstring for what each may hold, and for the size limits).
@@ -947,6 +1059,10 @@ def load_data(
     center_crop=224`` (``--resize 256 --center-crop 224``). Resizing is Pillow's ``Image.resize`` with the
     ``Image.BILINEAR`` filter (antialiased when shrinking, as Pillow does), applied per channel to the float
     pixels after mode conversion (see :func:`_transform`). Without them, images of different sizes are refused.
+
+    ``stream=True`` reads a folder of images one image at a time (:class:`ImageFolder` in an
+    :class:`adverse.streaming.Stream`): memory does not grow with the number of images. Every image is decoded and
+    checked once up front; the pixels are read again on each pass over the data. Other data is loaded in memory.
     """
     check_image_transform(image_size, resize, center_crop)
     transform = image_size is not None or resize is not None or center_crop is not None
@@ -963,6 +1079,11 @@ def load_data(
             raise InputError(f"--image-size, --resize and --center-crop apply to folders of images, not to {text}")
         return digits(split) if name == "digits" else tabular(split)
     if p.is_dir():
+        if stream:
+            from .streaming import Stream
+
+            folder = ImageFolder(p, image_size, resize, center_crop)
+            return Stream(folder, name=p.name, num_classes=len(folder.classes), note=folder.note)
         return _image_folder(p, image_size, resize, center_crop)
     if transform:
         raise InputError(f"--image-size, --resize and --center-crop apply to folders of images, not to {text}")

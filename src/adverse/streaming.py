@@ -102,10 +102,18 @@ class Stream:
         self._length = int(length)
         self._loader = isinstance(source, DataLoader)
         self._mapped = not self._loader and not isinstance(dataset, IterableDataset)
-        self.shape: tuple[int, ...] | None = None
+        self._shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self._length
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one input (read from the first sample when no batch was read yet)."""
+        if self._shape is None:
+            self.take(1)
+        assert self._shape is not None
+        return self._shape
 
     def __repr__(self) -> str:
         return f"Stream({self.name!r}, n={self._length})"
@@ -138,10 +146,10 @@ class Stream:
                              "ToTensor() scales 8-bit images into [0, 1])")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise InputError(f"{where}: the labels are {y.dtype}; return integer class indices")
-        if self.shape is None:
-            self.shape = tuple(x.shape[1:])
-        elif tuple(x.shape[1:]) != self.shape:
-            raise InputError(f"{where}: inputs of shape {tuple(x.shape[1:])}, earlier ones {self.shape}; every "
+        if self._shape is None:
+            self._shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != self._shape:
+            raise InputError(f"{where}: inputs of shape {tuple(x.shape[1:])}, earlier ones {self._shape}; every "
                              "sample must have the same shape (resize them, e.g. --image-size)")
         if not bool(torch.isfinite(x).all()):
             raise InputError(f"{where}: the inputs hold NaN or infinite values")

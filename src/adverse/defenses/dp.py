@@ -30,6 +30,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InputError, ModelError
+from ..validation import POSITIVE, Rule, validated
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 
@@ -260,6 +261,8 @@ class DPRecipe:
     hidden : the MLP's hidden widths.
     """
 
+    @validated(epsilon=POSITIVE, delta=Rule("real", low=0.0, high=1.0, open_low=True, open_high=True),
+               max_grad_norm=POSITIVE)
     def __init__(self, epsilon: float, delta: float = 1e-5, *, epochs: int = 10, lr: float = 0.5,
                  batch_size: int = 64, max_grad_norm: float = 1.0, accountant: str = "rdp",
                  hidden: tuple[int, ...] = (128, 64)) -> None:

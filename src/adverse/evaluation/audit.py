@@ -510,7 +510,6 @@ def audit(
     import torch
 
     from .. import __version__
-    from ..data import Dataset
     from ..execution import get_executor
     from ..models import BlackBox, as_classifier, base_model
     from ..streaming import Stream, as_data
@@ -579,7 +578,7 @@ def audit(
     have = {"members"} if members is not None else set()
     have |= {"recipe"} if recipe is not None else set()
     have |= set() if black_box else {"white-box"}
-    have |= {"images"} if len(dataset.shape if isinstance(dataset, Dataset) else dataset.take(1).shape) == 3 else set()
+    have |= {"images"} if len(dataset.shape) == 3 else set()
     asked = suites
     if suites is None:  # every default suite the inputs allow, and any other whose options were given
         asked = [s for s in registry.NAMES if registry.get(s).default or s in given and s != "evasion"]
