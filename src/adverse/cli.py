@@ -252,6 +252,9 @@ def audit(
         if out_dir.exists() and not out_dir.is_dir():
             raise AdverseError(f"--out {out_dir} exists and is not a folder; choose another folder")
         out_dir.mkdir(parents=True, exist_ok=True)
+        from .streaming import bound_heap_growth
+
+        bound_heap_growth()  # this process reads batch after batch: freed batches go back to the system
         loaded = _load(settings.pop("model_file"), settings.pop("arch"), settings.pop("data_spec"),
                        settings.pop("train_spec"), settings.pop("recipe_spec"), settings.pop("trust_pickle"),
                        label_column=settings.pop("label_column"), trust_code=settings.pop("trust_code"),

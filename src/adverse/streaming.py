@@ -251,3 +251,25 @@ def as_data(data: Any, name: str = "user data") -> Dataset | Stream:
         f"data must be an adverse.data.Dataset, a pair (x, y), a torch Dataset or a DataLoader, got "
         f"{type(data).__name__}; e.g. adverse.data.load_npz('test.npz')"
     )
+
+
+def bound_heap_growth(threshold: int = 1 << 20) -> bool:
+    """Ask glibc's allocator to serve every block of at least ``threshold`` bytes with its own ``mmap``
+    (``mallopt(M_MMAP_THRESHOLD)``), so that a batch's buffers go back to the operating system when freed.
+
+    By default glibc raises that threshold after each large free (up to 32 MiB), after which batch-sized tensors
+    come from the heap, which fragments: a streamed audit's resident memory then creeps up with the number of
+    batches read instead of staying at a few batches' worth. Fixing the threshold keeps the peak flat
+    (``benchmarks/bench_stream_memory.py``). The command line calls this; a Python user may, for their own
+    process. Returns whether it applied (glibc on Linux only; elsewhere nothing changes).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
