@@ -196,7 +196,7 @@ def test_bad_counts_and_arguments_are_refused() -> None:
     with pytest.raises(InputError, match=r"method must be one of"):
         audit_dp(rec, tr, method="lira")
     with pytest.raises(InputError, match=r"canary must be one of"):
-        audit_dp(rec, tr, canary="gradient")
+        audit_dp(rec, tr, canary="input")
     with pytest.raises(InputError, match=r"k_plus \+ k_minus must lie in \[1, canaries=10\]"):
         audit_dp(rec, tr, canaries=10, k_plus=6, k_minus=5)
     with pytest.raises(InputError, match=r"canaries=60 mislabeled canaries need more than 60"):
@@ -250,3 +250,107 @@ def test_clopper_pearson_audit_runs_end_to_end() -> None:
                   trainings=2, threshold=-1.0, seed=0)
     assert r2.details["negatives"] == 2 and r2.details["selection_trainings"] == 0
     json.dumps(r2.to_dict(), allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------------- gradient canaries
+def _zero_feature_data(n: int = 120) -> adv.data.Dataset:
+    """Digits with input feature 0 set to 0 in every record: the data's gradient on the first layer's column 0 is
+    exactly zero, and a change of that column changes no output."""
+    tr = digits("train").subset(n)
+    x = tr.x.clone()
+    x[:, 0] = 0.0
+    return adv.data.Dataset(x, tr.y, tr.name, tr.num_classes, tr.bounds)
+
+
+def test_gradient_canaries_are_inserted_exactly() -> None:
+    # two trainings with the same seeds, canaries all in vs all out, on coordinates W1[h, 0] that the data cannot
+    # move: the runs differ only there, by exactly lr · C / B per step the canary joined (noise, data sampling and
+    # data gradients are identical), and each canary joins a step with probability q
+    from adverse.defenses.dp import GradientCanaries, train_dp
+    from adverse.zoo import MLP
+
+    data = _zero_feature_data()
+    hidden, lr, c, b, epochs = 32, 0.5, 0.7, 30, 6
+    coords = torch.arange(hidden) * 64  # W1[h, 0], flat index h · 64 in the first Linear's weight
+
+    def run(included: torch.Tensor):
+        torch.manual_seed(0)
+        model = MLP(64, 10, (hidden,))
+        before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+        r = train_dp(model, data, target_epsilon=2.0, delta=1e-3, epochs=epochs, max_grad_norm=c, lr=lr,
+                     batch_size=b, seed=5, gradient_canaries=GradientCanaries(coords, included, seed=9))
+        return before, torch.cat([p.detach().flatten() for p in r.model.parameters()]), r
+
+    before, with_c, r_in = run(torch.ones(hidden, dtype=torch.bool))
+    before2, without, r_out = run(torch.zeros(hidden, dtype=torch.bool))
+    assert torch.equal(before, before2)
+    counts = r_in.canary_steps
+    assert r_out.canary_steps.sum() == 0 and r_in.epsilon == r_out.epsilon  # the accountant's ε is unchanged
+    expected_expected_batch = int(len(data) * r_in.sample_rate)  # Opacus divides the noisy sum by it
+    diff = with_c - without
+    other = torch.ones_like(diff, dtype=torch.bool)
+    other[coords] = False
+    assert torch.equal(diff[other], torch.zeros_like(diff[other]))
+    expected = -lr * c * counts.double() / expected_expected_batch
+    assert torch.allclose(diff[coords].double(), expected, atol=1e-5), (diff[coords], expected)
+    # Poisson participation at rate q: mean count q · steps (32 canaries × 24 steps, q = 1/4: 192 ± 12)
+    q, steps = r_in.sample_rate, r_in.steps
+    assert abs(counts.sum().item() - q * steps * hidden) < 4 * math.sqrt(q * (1 - q) * steps * hidden)
+    assert (counts > 0).any() and (counts < steps).all()
+
+
+def test_gradient_canary_scores_are_the_movement_against_the_canary() -> None:
+    from adverse.defenses.dp import DPRecipe
+
+    data = _zero_feature_data()
+    rec = DPRecipe(1e4, 1e-3, epochs=4, batch_size=len(data), hidden=(16,))  # q = 1: every canary every step
+    assert rec.gradient_canary_space(data) == 64 * 16 + 16 + 16 * 10 + 10
+    coords = torch.arange(16) * 64
+    inc = torch.arange(16) % 2 == 0
+    model, scores = rec.train_with_gradient_canaries(data, 3, coords, inc, canary_seed=1)
+    # at ε = 10⁴ the noise is small and the data cannot move these coordinates: included canaries score
+    # lr · C / B per step (4 steps), excluded ones about 0
+    assert scores.dtype == torch.float64 and scores.shape == (16,)
+    per_step = rec.lr * rec.max_grad_norm / len(data)
+    assert torch.allclose(scores[inc], torch.full((8,), 4 * per_step, dtype=torch.float64), atol=0.25 * per_step)
+    assert (scores[~inc].abs() < 0.25 * per_step).all(), scores / per_step
+    assert model.dp_epsilon <= 1e4 * 1.01
+
+
+def test_gradient_canary_audit_is_sound_and_sees_more_than_input_canaries() -> None:
+    from adverse.defenses.dp import DPRecipe
+
+    tr = digits("train").subset(400)
+    for eps in (1.0, 8.0):
+        rec = DPRecipe(eps, 1e-5, epochs=4)
+        for seed in (0, 1):
+            r = audit_dp(rec, tr, canary="gradient", canaries=3000, seed=seed)
+            assert r.canary == "gradient" and r.canaries == 3000 and r.guesses == 120
+            assert r.claimed_epsilon == pytest.approx(eps, abs=0.05) and r.delta == 1e-5
+            assert 0.0 <= r.epsilon_lower <= r.claimed_epsilon, r
+            if eps == 8.0:
+                assert r.epsilon_lower > 0.5, r  # the white-box canaries see the updates
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_gradient_canaries_need_a_recipe_that_exposes_its_steps() -> None:
+    from adverse.defenses.dp import DPRecipe, GradientCanaries, train_dp
+    from adverse.zoo import MLP
+
+    tr = digits("train").subset(60)
+    with pytest.raises(InputError, match=r"canary='gradient' needs a recipe .*lacks gradient_canary_space.*DPRecipe"):
+        audit_dp(adv.zoo.recipe("digits-mlp"), tr, canary="gradient")
+    with pytest.raises(InputError, match=r"method='one-run' only"):
+        audit_dp(DPRecipe(1.0, 1e-3), tr, canary="gradient", method="clopper-pearson")
+    with pytest.raises(InputError, match=r"canaries=100000 gradient canaries need as many distinct"):
+        audit_dp(DPRecipe(1.0, 1e-3), tr, canary="gradient", canaries=100000)
+    kw = {"target_epsilon": 1.0, "delta": 1e-3, "epochs": 1, "batch_size": 10}
+    for canaries, match in [
+        (GradientCanaries(torch.tensor([1, 1]), torch.tensor([True, False])), r"must be distinct"),
+        (GradientCanaries(torch.tensor([0, 10**7]), torch.tensor([True, False])), r"must lie in \[0, "),
+        (GradientCanaries(torch.tensor([0.0, 1.0]), torch.tensor([True, False])), r"1-D integer tensor"),
+        (GradientCanaries(torch.tensor([0, 1]), torch.tensor([1, 0])), r"bool tensor with one coin"),
+        ((torch.tensor([0]), torch.tensor([True])), r"must be an adverse.defenses.dp.GradientCanaries"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            train_dp(MLP(64, 10, (8,)), tr, gradient_canaries=canaries, **kw)

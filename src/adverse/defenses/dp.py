@@ -65,6 +65,81 @@ class DPResult:
     steps: int
     accountant: str
     seed: int
+    canary_steps: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GradientCanaries:
+    """White-box gradient canaries for :func:`train_dp` (Steinke, Nasr & Jagielski 2023, §6: "Dirac canaries").
+
+    Canary ``i`` is one more record whose clipped gradient is ``C · e_{coordinates[i]}`` at every step: zero
+    except one coordinate, equal to the clipping norm ``C`` (``max_grad_norm``). An *included* canary
+    (``included[i]``) is Poisson-sampled into each step with the records' rate ``q``, from its own generator
+    seeded by ``seed`` (so the data's sampling and the noise draws are those of the same run without canaries),
+    and when sampled its gradient is added to the step's sum of clipped gradients before the Gaussian noise, as
+    Opacus adds a record's. An excluded canary never contributes.
+
+    Attributes
+    ----------
+    coordinates : int64, distinct flat indices into the concatenation of the model's trainable parameters
+        (``torch.cat([p.flatten() for p in model.parameters() if p.requires_grad])``).
+    included : bool, one per coordinate: the canary's inclusion coin.
+    seed : seeds the canaries' Poisson sampling.
+    """
+
+    coordinates: torch.Tensor
+    included: torch.Tensor
+    seed: int = 0
+
+
+def _canary_plan(canaries: GradientCanaries, params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(parameter index, offset within it) of each canary coordinate, after checking the canaries."""
+    total = sum(p.numel() for p in params)
+    c, inc = canaries.coordinates, canaries.included
+    if not (isinstance(c, torch.Tensor) and c.dim() == 1 and not c.is_floating_point() and c.dtype != torch.bool):
+        raise InputError("gradient_canaries.coordinates must be a 1-D integer tensor of flat parameter indices, got "
+                         f"{type(c).__name__}{tuple(c.shape) if isinstance(c, torch.Tensor) else ''}")
+    if not (isinstance(inc, torch.Tensor) and inc.dtype == torch.bool and inc.shape == c.shape):
+        raise InputError("gradient_canaries.included must be a bool tensor with one coin per coordinate "
+                         f"({len(c)}), got {type(inc).__name__}"
+                         f"{(inc.dtype, tuple(inc.shape)) if isinstance(inc, torch.Tensor) else ''}")
+    if len(c) and (int(c.min()) < 0 or int(c.max()) >= total):
+        raise InputError(f"gradient_canaries.coordinates must lie in [0, {total}) (the model's trainable "
+                         f"coordinates), got [{int(c.min())}, {int(c.max())}]")
+    if len(torch.unique(c)) != len(c):
+        raise InputError("gradient_canaries.coordinates must be distinct: two canaries on one coordinate cannot be "
+                         "told apart; draw them without replacement (torch.randperm)")
+    ends = torch.tensor([p.numel() for p in params]).cumsum(0)
+    which = torch.searchsorted(ends, c.cpu().long(), right=True)
+    starts = ends - torch.tensor([p.numel() for p in params])
+    return which, c.cpu().long() - starts[which]
+
+
+def _insert_canaries(optimizer, canaries: GradientCanaries, sample_rate: float, norm: float) -> torch.Tensor:
+    """Wrap ``optimizer.add_noise`` (Opacus' DPOptimizer) so that each step first adds ``norm · e_j`` to
+    ``p.summed_grad`` (the sum of clipped per-sample gradients) for every included canary Poisson-sampled into
+    the step; returns the per-canary count of steps it joined (updated in place)."""
+    params = list(optimizer.params)
+    which, offset = _canary_plan(canaries, params)
+    included = canaries.included.cpu()
+    counts = torch.zeros(len(included), dtype=torch.long)
+    gen = torch.Generator(device="cpu").manual_seed(int(canaries.seed))
+    add_noise = optimizer.add_noise
+
+    def add_noise_with_canaries() -> None:
+        # one coin per canary per step, drawn for excluded canaries too: the stream does not depend on the coins
+        hit = (torch.rand(len(included), generator=gen) < sample_rate) & included
+        counts.add_(hit.long())
+        for k, p in enumerate(params):
+            sel = hit & (which == k)
+            if bool(sel.any()) and p.summed_grad is not None:
+                extra = torch.zeros(p.numel(), dtype=p.summed_grad.dtype)
+                extra[offset[sel]] = norm
+                p.summed_grad = p.summed_grad + extra.to(p.summed_grad.device).view_as(p.summed_grad)
+        add_noise()
+
+    optimizer.add_noise = add_noise_with_canaries
+    return counts
 
 
 def _validate(model: nn.Module) -> list[Exception]:
@@ -172,6 +247,7 @@ def train_dp(
     accountant: str = "rdp",
     fix: bool = False,
     seed: int = 0,
+    gradient_canaries: GradientCanaries | None = None,
 ) -> DPResult:
     """DP-SGD to a target ``(ε, δ)`` with Opacus (``PrivacyEngine.make_private_with_epsilon``'s recipe).
 
@@ -193,11 +269,20 @@ def train_dp(
     accountant : "rdp" (default: fast, an upper bound), "prv" (tighter, slower to solve for σ) or "gdp".
     fix : let :func:`check_dp_compatible` replace incompatible layers instead of raising.
     seed : seeds the Poisson sampling and the noise.
+    gradient_canaries : white-box audit canaries (:class:`GradientCanaries`): each included canary joins each
+        step with probability q and adds ``max_grad_norm`` to its coordinate of the summed clipped gradient
+        before the noise. The reported ε is unchanged, and it covers the canaries: each is one more record whose
+        clipped gradient has norm C and which is Poisson-sampled with rate q, exactly what the accountant's
+        analysis of the subsampled Gaussian mechanism assumes of every record (for arbitrary, even adversarial,
+        gradients of norm ≤ C), and q, σ and the step count do not depend on the number of records. So the
+        recipe run on the data plus the included canaries is (ε, δ)-DP with respect to each canary's inclusion,
+        which is what the one-run audit of :func:`adverse.privacy.audit_dp` tests.
 
     Returns
     -------
     DPResult
-        The model and the accountant's ε, with σ, q and the step count.
+        The model and the accountant's ε, with σ, q and the step count (and, with canaries, ``canary_steps``:
+        the steps each canary joined).
 
     References
     ----------
@@ -210,6 +295,11 @@ def train_dp(
     model = check_dp_compatible(model, fix=fix)
     device = next((p.device for p in model.parameters()), data.x.device)
     dataset = torch.utils.data.TensorDataset(data.x.to(device), data.y.to(device))
+    if gradient_canaries is not None and not isinstance(gradient_canaries, GradientCanaries):
+        raise InputError("gradient_canaries must be an adverse.defenses.dp.GradientCanaries or None, got "
+                         f"{type(gradient_canaries).__name__}")
+    if gradient_canaries is not None:
+        _canary_plan(gradient_canaries, [p for p in model.parameters() if p.requires_grad])
     sampling = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.Generator(device=device).manual_seed(int(seed) + 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, generator=sampling)
@@ -219,11 +309,14 @@ def train_dp(
         warnings.filterwarnings("ignore", message=".*[Oo]ptimal order is the (largest|smallest) alpha.*")
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook is firing.*")
         engine = PrivacyEngine(accountant=accountant)
-        sigma = noise_multiplier(float(target_epsilon), float(delta), 1 / len(loader), epochs, accountant)
+        rate = 1 / len(loader)
+        sigma = noise_multiplier(float(target_epsilon), float(delta), rate, epochs, accountant)
         hooks, optimizer, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=float(max_grad_norm), noise_generator=noise, poisson_sampling=True, wrap_model=False,
         )
+        counts = (None if gradient_canaries is None else
+                  _insert_canaries(optimizer, gradient_canaries, rate, float(max_grad_norm)))
         try:
             model.train()
             for _ in range(epochs):
@@ -243,6 +336,7 @@ def train_dp(
         model=model.eval(), epsilon=epsilon, delta=float(delta), target_epsilon=float(target_epsilon),
         noise_multiplier=float(optimizer.noise_multiplier), max_grad_norm=float(max_grad_norm),
         sample_rate=float(engine.accountant.history[0][1]), steps=int(steps), accountant=accountant, seed=int(seed),
+        canary_steps=counts,
     )
 
 
@@ -274,13 +368,55 @@ class DPRecipe:
         return (f"DPRecipe(epsilon={self.epsilon:g}, delta={self.delta:g}, epochs={self.epochs}, lr={self.lr:g}, "
                 f"batch_size={self.batch_size}, max_grad_norm={self.max_grad_norm:g})")
 
-    def __call__(self, data: Dataset, seed: int) -> nn.Module:
-        from ..zoo import MLP, TRAIN_THREADS, fixed_threads
+    def _model(self, data: Dataset, seed: int) -> nn.Module:
+        from ..zoo import MLP
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            model = MLP(int(data.x[0].numel()), data.num_classes, self.hidden)
+            return MLP(int(data.x[0].numel()), data.num_classes, self.hidden)
+
+    def _train(self, data: Dataset, seed: int, canaries: GradientCanaries | None = None) -> DPResult:
+        from ..zoo import TRAIN_THREADS, fixed_threads
+
+        model = self._model(data, seed)
         with fixed_threads(TRAIN_THREADS):
             return train_dp(model, data, target_epsilon=self.epsilon, delta=self.delta, epochs=self.epochs,
                             max_grad_norm=self.max_grad_norm, lr=self.lr, batch_size=min(self.batch_size, len(data)),
-                            accountant=self.accountant, seed=int(seed)).model
+                            accountant=self.accountant, seed=int(seed), gradient_canaries=canaries)
+
+    def __call__(self, data: Dataset, seed: int) -> nn.Module:
+        return self._train(data, seed).model
+
+    @validated
+    def gradient_canary_space(self, data: Dataset) -> int:
+        """The number of trainable coordinates of the model trained on ``data``: gradient canaries sit at distinct
+        flat indices below it (the order of ``model.parameters()``)."""
+        return sum(p.numel() for p in self._model(data, 0).parameters() if p.requires_grad)
+
+    @validated(seed=Rule("int", low=0), canary_seed=Rule("int", low=0))
+    def train_with_gradient_canaries(self, data: Dataset, seed: int, coordinates: torch.Tensor,
+                                     included: torch.Tensor, canary_seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+        """Train as ``self(data, seed)`` with white-box Dirac gradient canaries, and score them.
+
+        Canary ``i`` adds ``max_grad_norm`` to coordinate ``coordinates[i]`` of the summed clipped gradient of
+        every step it is Poisson-sampled into, when ``included[i]`` (:class:`GradientCanaries`, seeded by
+        ``canary_seed``). Its score is the total movement of its coordinate against that gradient, ``initial −
+        final`` (= the sum over steps of −(update along the coordinate), since plain SGD's updates telescope):
+        an included canary pushes the coordinate down by ``lr · C / batch_size`` per step it joins, an excluded
+        one only sees the data's gradient and the noise. This is the white-box score of Steinke, Nasr &
+        Jagielski 2023 (§6) for Dirac canaries. The model's ``dp_epsilon`` is the accountant's, which covers the
+        canaries (see :func:`train_dp`).
+
+        Returns
+        -------
+        (model, scores)
+            The trained model and a float64 tensor of the m scores, higher = included.
+        """
+        canaries = GradientCanaries(coordinates, included, int(canary_seed))
+        model = self._model(data, seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        _canary_plan(canaries, params)
+        initial = torch.cat([p.detach().flatten() for p in params])[coordinates].double()
+        result = self._train(data, seed, canaries)
+        final = torch.cat([p.detach().flatten() for p in result.model.parameters() if p.requires_grad])
+        return result.model, initial - final[coordinates].double()

@@ -29,9 +29,15 @@ Two methods:
 
 Canaries are input-space: ``"mislabeled"`` (training records whose label is changed to another class, drawn
 uniformly) or ``"random"`` (uniform-noise inputs inside the data's bounds with uniform labels), scored by the
-model's log-likelihood of the canary's label (minus the loss; Yeom et al. 2018), higher = member. The recipe is
-a black box; gradient-space canaries (Dirac gradients written into the update, Steinke et al. §6 / Nasr et al.
-2021) need a recipe that exposes its per-step updates and are not implemented.
+model's log-likelihood of the canary's label (minus the loss; Yeom et al. 2018), higher = member; the recipe is
+a black box. ``"gradient"`` canaries are white-box (one-run only), for a recipe that exposes its DP-SGD steps
+through ``recipe.gradient_canary_space(data)`` and ``recipe.train_with_gradient_canaries(data, seed,
+coordinates, included, canary_seed) -> (model, scores)`` (:class:`adverse.defenses.dp.DPRecipe` does): the
+"Dirac canaries" of Steinke et al. (§6, after Nasr et al. 2021), each a gradient that is zero except one
+coordinate, drawn at random without replacement among the model's parameters, of magnitude the clipping norm
+C; an included canary joins each step with the sampling rate q and is added to the sum of clipped gradients
+before the noise, exactly as a record would be, so the accountant's ε covers it. Its score is the total movement
+of its coordinate against the canary gradient over training (initial − final value).
 
 The claimed ε is read from the trained model's ``dp_epsilon`` / ``dp_delta`` attributes (set by
 :func:`adverse.defenses.dp.train_dp`, so any recipe that returns a model trained by it reports its accountant's
@@ -43,6 +49,8 @@ References
 Steinke, Nasr & Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023 (arXiv:2305.08846).
 Jagielski, Ullman & Oprea, "Auditing Differentially Private Machine Learning: How Private is Private SGD?",
 NeurIPS 2020.
+Nasr, Song, Thakurta, Papernot & Carlini, "Adversary Instantiation: Lower Bounds for Differentially Private
+Machine Learning", IEEE S&P 2021 (gradient canaries).
 Kairouz, Oh & Viswanath, "The Composition Theorem for Differential Privacy", ICML 2015.
 Clopper & Pearson, "The use of confidence or fiducial limits illustrated in the case of the binomial",
 Biometrika 1934.
@@ -65,7 +73,7 @@ from ..errors import InputError
 from ..validation import COUNT, COUNT0, Rule, validated
 
 METHODS = ("one-run", "clopper-pearson")
-CANARY_KINDS = ("mislabeled", "random")
+CANARY_KINDS = ("mislabeled", "random", "gradient")
 
 _DELTA = Rule("real", low=0.0, high=1.0, open_high=True)
 _DELTA_OR_NONE = Rule("real", low=0.0, high=1.0, open_high=True, none=True)
@@ -255,7 +263,7 @@ class DPAuditResult:
     claimed_epsilon, claimed_delta : the recipe's own guarantee (its accountant's ε) or None when it states none.
     trainings : trainings run.
     seconds : wall-clock time of the audit, trainings included.
-    canary : the kind of canary ("mislabeled" or "random").
+    canary : the kind of canary ("mislabeled", "random" or "gradient").
     seed : the audit's seed.
     details : method-specific counts (k₊, k₋ for "one-run"; the threshold, false positives and negatives for
         "clopper-pearson").
@@ -386,6 +394,25 @@ def _one_run(recipe, train_data, m, k_plus, k_minus, kind, g, rng, progress):
                             "score_gap": float(scores[s].mean() - scores[~s].mean()) if 0 < s.sum() < m else None}
 
 
+def _one_run_gradient(recipe, train_data, m, k_plus, k_minus, g, rng, progress):
+    space = int(recipe.gradient_canary_space(train_data))
+    if m > space:
+        raise InputError(f"canaries={m} gradient canaries need as many distinct parameter coordinates, the recipe's "
+                         f"model has {space}: pass canaries ≤ {space}")
+    coordinates = torch.randperm(space, generator=g)[:m]
+    include = torch.rand(m, generator=g) < 0.5  # S_i = +1 with probability 1/2, independently
+    model, scores = recipe.train_with_gradient_canaries(train_data, int(rng.integers(0, 2**31 - 1)), coordinates,
+                                                        include, int(rng.integers(0, 2**31 - 1)))
+    if progress is not None:
+        progress(1, 1)
+    scores = torch.as_tensor(scores).detach().cpu().double().numpy()
+    order = np.lexsort((rng.random(m), -scores))
+    s = include.numpy()
+    correct = int(s[order[:k_plus]].sum()) + int((~s[order[m - k_minus:]]).sum())
+    return model, correct, {"k_plus": k_plus, "k_minus": k_minus, "included": int(s.sum()),
+                            "score_gap": float(scores[s].mean() - scores[~s].mean()) if 0 < s.sum() < m else None}
+
+
 def _best_threshold(out_scores: np.ndarray, in_scores: np.ndarray, confidence: float, delta: float) -> float:
     """The threshold (guess "with" when score ≥ t) that maximizes the bound on these scores, ties broken by
     fewer errors (so that a selection half too small for a positive bound still yields a sensible threshold)."""
@@ -465,12 +492,16 @@ def audit_dp(
     train_data : the training set the recipe is audited on; "mislabeled" canaries are taken from it (and
         left out of the always-included base set).
     method : "one-run" or "clopper-pearson".
-    canaries : m for "one-run" (default 500, or ``min(500, len(train_data) // 3)`` for mislabeled ones);
-        "clopper-pearson" uses one.
-    k_plus, k_minus : "one-run" guesses "in" / "out" (default ``m // 8`` each; ``k_plus + k_minus ≤ m``).
+    canaries : m for "one-run" (default 500, or ``min(500, len(train_data) // 3)`` for mislabeled ones, or
+        ``min(5000, parameter coordinates)`` for gradient ones); "clopper-pearson" uses one.
+    k_plus, k_minus : "one-run" guesses "in" / "out" (default ``m // 8`` each, ``max(1, m // 50)`` for gradient
+        canaries, whose scores are noisier; ``k_plus + k_minus ≤ m``). The gradient defaults were chosen on
+        audit seed 100 of DPRecipe on digits (benchmarks/BENCHMARKS.md, "DP audit"), not on the reported seeds.
     canary : "random" (uniform noise within the data's bounds with a uniform label; the default, it does not
-        take records from the data and the recipe memorizes it most readily) or "mislabeled" (a training record
-        with another class's label).
+        take records from the data and the recipe memorizes it most readily), "mislabeled" (a training record
+        with another class's label) or "gradient" (white-box Dirac gradient canaries, "one-run" only, for a
+        recipe with ``gradient_canary_space`` and ``train_with_gradient_canaries`` such as
+        :class:`adverse.defenses.dp.DPRecipe`; scored by the movement of each canary's coordinate).
     confidence : probability that the bound does not exceed the true ε (over the audit's coins).
     delta : the δ to audit at; None: the recipe's claimed δ when it states one, else 0 (pure DP).
     trainings : "clopper-pearson": trainings per side (with and without the canary), ≥ 2.
@@ -491,7 +522,8 @@ def audit_dp(
     InputError
         Naming the argument and the fix, for an unknown method or canary kind, counts that do not fit the data
         (``canaries`` ≥ records for mislabeled canaries, ``k_plus + k_minus > canaries``), a recipe that is not
-        callable or data that is not a Dataset.
+        callable or data that is not a Dataset, gradient canaries with "clopper-pearson" or with a recipe that
+        does not expose its DP-SGD steps.
 
     References
     ----------
@@ -507,6 +539,18 @@ def audit_dp(
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be a function progress(done, total) or None, got {type(progress).__name__}")
     _check_recipe_data(recipe, train_data)
+    if canary == "gradient":
+        if method != "one-run":
+            raise InputError("canary='gradient' is implemented for method='one-run' only; use canary='random' or "
+                             "'mislabeled' with method='clopper-pearson'")
+        missing = [a for a in ("gradient_canary_space", "train_with_gradient_canaries")
+                   if not callable(getattr(recipe, a, None))]
+        if missing:
+            raise InputError(f"canary='gradient' needs a recipe that exposes its DP-SGD steps ({type(recipe).__name__} "
+                             f"lacks {', '.join(missing)}): use adverse.defenses.dp.DPRecipe, or give the recipe "
+                             "gradient_canary_space(data) -> int and train_with_gradient_canaries(data, seed, "
+                             "coordinates, included, canary_seed) -> (model, scores) (e.g. by passing "
+                             "adverse.defenses.dp.GradientCanaries to train_dp), or use canary='random'")
     g = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(int(seed))
 
@@ -517,16 +561,24 @@ def audit_dp(
         return 0.0 if d is None else d
 
     if method == "one-run":
-        m = (500 if canary == "random" else min(500, len(train_data) // 3)) if canaries is None else int(canaries)
+        if canary == "gradient":
+            m = min(5000, int(recipe.gradient_canary_space(train_data))) if canaries is None else int(canaries)
+            k_default = max(1, m // 50)
+        else:
+            m = (500 if canary == "random" else min(500, len(train_data) // 3)) if canaries is None else int(canaries)
+            k_default = m // 8
         if m < 1:
             raise InputError(f"train_data has {len(train_data)} records, too few for the default canary count; pass "
                              "canaries=… explicitly (with canary='random' they need not come from the data)")
-        kp = m // 8 if k_plus is None else int(k_plus)
-        km = m // 8 if k_minus is None else int(k_minus)
+        kp = k_default if k_plus is None else int(k_plus)
+        km = k_default if k_minus is None else int(k_minus)
         if kp + km > m or kp + km == 0:
             raise InputError(f"k_plus + k_minus must lie in [1, canaries={m}], got {kp} + {km}: guess on at most "
                              "the canaries inserted")
-        model, correct, details = _one_run(recipe, train_data, m, kp, km, canary, g, rng, progress)
+        if canary == "gradient":
+            model, correct, details = _one_run_gradient(recipe, train_data, m, kp, km, g, rng, progress)
+        else:
+            model, correct, details = _one_run(recipe, train_data, m, kp, km, canary, g, rng, progress)
         d = delta_for(model)
         eps = eps_lower_bound_one_run(m=m, r=kp + km, v=correct, confidence=confidence, delta=d)
         n_canaries, guesses, n_train = m, kp + km, 1
