@@ -68,17 +68,31 @@ def _root(
     """Attack and defend machine-learning models, and audit how robust they are."""
 
 
+def _budget(text: str) -> float:
+    """One budget: a decimal number (``0.031``) or a fraction of two (``8/255``, as papers and RobustBench write
+    them)."""
+    top, slash, bottom = text.partition("/")
+    try:
+        if not slash:
+            return float(text)
+        a, b = float(top.strip()), float(bottom.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number or a fraction; pass budgets like --eps 0.05,0.1 or "
+                                 "--eps 4/255,8/255") from None
+    if not (b > 0 and b != float("inf")) or "/" in bottom:
+        raise typer.BadParameter(f"{text!r}: the denominator must be a finite number > 0, e.g. 8/255")
+    return a / b
+
+
 def _parse_eps(value: str) -> list[float]:
-    """``"0.05,0.1"`` → ``[0.05, 0.1]``; refuses anything that is not a list of finite numbers ≥ 0."""
+    """``"0.05,0.1"`` → ``[0.05, 0.1]``, ``"8/255"`` → ``[8/255]``; refuses anything that is not a list of finite
+    numbers ≥ 0."""
     parts = [p.strip() for p in value.split(",")]
     if not value.strip() or any(not p for p in parts):
         raise typer.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. --eps 0.05,0.1")
     out = []
     for p in parts:
-        try:
-            e = float(p)
-        except ValueError:
-            raise typer.BadParameter(f"{p!r} is not a number; pass budgets like --eps 0.05,0.1") from None
+        e = _budget(p)
         if not (e >= 0 and e != float("inf")):
             raise typer.BadParameter(f"{p} is not a valid budget; eps must be finite and ≥ 0 (e.g. 0.1)")
         out.append(e)
@@ -118,6 +132,17 @@ def audit(
     ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="Seed of all randomness (0 to 2^31 − 1).", show_default="0")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Where the model runs: auto, cpu, cuda, cuda:N or mps.",
+                                 show_default="where the model is (the CPU)"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Samples per attack call.", show_default="256"),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast for the model; losses and "
+                                 "bookkeeping in fp32; a check compares with fp32).", show_default="fp32"),
     ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads for torch (at most 4 × the CPUs).",
@@ -323,6 +348,17 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
     _check_limits(pick(args["threads"], cfg.get("threads"), None), pick(args["steps"], ev.get("steps"), None),
                   eps, pick(args["seed"], cfg.get("seed"), 0))
+    device = pick(args["device"], cfg.get("device"), None)
+    if device is not None:
+        from .models import resolve_device
+
+        try:
+            resolve_device(device)
+        except AdverseError as e:
+            raise AdverseError(f"--device: {e}") from None
+    precision = pick(args["precision"], cfg.get("precision"), "fp32")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise AdverseError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
     normalize = {k: _parse_values(f"--{k}", args[k]) if args[k] is not None else mdl.get(k) for k in ("mean", "std")}
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
@@ -347,6 +383,8 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
             "autoattack": None if autoattack == "off" else autoattack,
             **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
                if k in ev},
+            **({"batch_size": args["batch_size"]} if args["batch_size"] is not None else {}),
+            "device": device, "precision": precision,
             **({"options": {k: cfg[k] for k in SUITE_TABLES if k in cfg and k != "defense"}}
                if any(k in cfg for k in SUITE_TABLES if k != "defense") else {}),
             **_defense_options(args["defense"], cfg.get("defense")),
@@ -659,7 +697,8 @@ def _checks_table(result: AuditResult) -> Any:
     from rich.table import Table
 
     cfg = result.config.get("checks", {})
-    table = Table(title=f"Sanity checks (gradient masking) at ε={cfg.get('eps', 0):g} on {cfg.get('n', 0)} points")
+    table = Table(title=f"Sanity checks (gradient masking) at ε={cfg['eps']:g} on {cfg['n']} points"
+                  if "eps" in cfg and "n" in cfg else "Checks")
     table.add_column("check")
     table.add_column("status")
     table.add_column("what it found")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BudgetError, ModelError
+from .errors import BudgetError, InputError, ModelError
 from .validation import validated
 
 
@@ -214,6 +214,61 @@ class LogitsOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.model(x))
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The precisions a model may run in (``--precision``): ``torch.autocast`` dtypes (fp32: none)."""
+
+
+class Autocast(LogitsOnly):
+    """A :class:`LogitsOnly` whose forward pass runs under ``torch.autocast`` in ``precision`` ("bf16" or
+    "fp16"), with the logits returned in float32: the model's matrix products and convolutions run in the reduced
+    precision, while everything the attacks do with the logits (losses, gradients' projections, bookkeeping)
+    stays in float32. Inputs stay float32 too, so input gradients come back in float32 (they can still
+    underflow inside an fp16 model: :func:`adverse.evaluation.checks.check_precision` measures it)."""
+
+    @validated
+    def __init__(self, model: nn.Module, precision: str = "bf16") -> None:
+        if precision not in PRECISIONS or PRECISIONS[precision] is None:
+            raise InputError(f"precision must be 'bf16' or 'fp16' for Autocast, got {precision!r}")
+        super().__init__(base_model(model))
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = logits_of(self.model(x))
+        return out.float()
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` ("auto", "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``) as a ``torch.device`` that exists
+    here; "auto" is the first GPU, else Apple's MPS, else the CPU. An :class:`InputError` names the fix when the
+    device is not available."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {type(device).__name__}")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA "
+                             "GPU; use --device cpu (or auto), or install a CUDA build of torch on a machine with "
+                             "a GPU")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered 0…{torch.cuda.device_count() - 1}")
+    elif d.type == "mps" and not has_mps:
+        raise InputError(f"device {device!r}: Apple's MPS backend is not available here; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return d
 
 
 @validated

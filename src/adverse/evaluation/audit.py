@@ -432,6 +432,8 @@ def audit(
     save_adv: str | os.PathLike[str] | None = None,
     executor: Any = None,
     progress: ProgressFn | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
 ) -> AuditResult:
     """Audit ``model`` on ``data``: how robust it is (evasion), how private (privacy), how easily its training
     can be backdoored (poisoning), and what can be proven (certify).
@@ -493,6 +495,13 @@ def audit(
         batch finishes, and the manifest ``index.json`` (see ``docs/results-schema.md``); read it back with
         :func:`adverse.results.load_adversarial`. Batches already saved there by the same audit are kept, not
         rewritten. The command line's ``--save-adv`` writes ``OUT/adversarial``.
+    device : where the model runs: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N", "mps"; None: where
+        it is. The model is moved there once and moved back when the audit ends; every batch is moved to it.
+    precision : "fp32" (default), "bf16" or "fp16": the model's forward passes run under ``torch.autocast``
+        (:class:`adverse.models.Autocast`) with losses, projections and bookkeeping in float32. With bf16 or fp16
+        the audit also runs :func:`adverse.evaluation.checks.check_precision` (PGD robust accuracy in both
+        precisions on up to 64 points, and zero-gradient shares): a warning in ``checks`` when they differ by more
+        than 1 pp, or when fp16 gradients underflow.
     executor : where the attack batches and reference models run: None / "local" (in-process), "ray", or an
         executor object from :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets
         ``seed``, so the numbers do not depend on the executor.
@@ -511,7 +520,7 @@ def audit(
 
     from .. import __version__
     from ..execution import get_executor
-    from ..models import BlackBox, as_classifier, base_model
+    from ..models import PRECISIONS, Autocast, BlackBox, as_classifier, base_model
     from ..streaming import Stream, as_data
     from ..threat import check_norm
     from .evasion_suite import predict_checked
@@ -523,6 +532,8 @@ def audit(
     seed = check_int("seed", seed, 0)
     if n is not None:
         n = check_int("n", n, 1)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if recipe is not None and not callable(recipe):
         raise InputError(f"recipe must be a callable recipe(dataset, seed) -> model, got {type(recipe).__name__}")
     given = _suite_options(options, privacy=privacy, poisoning=poisoning, certify=certify, defense=defense)
@@ -574,131 +585,191 @@ def audit(
             data_info["train"] = {"name": members.name, "n": len(members)}
     user_model = base_model(model)  # for the fingerprint (its file digest, its code)
     model = as_classifier(model)  # once, for every suite: a ModelOutput, a dict with logits or a tuple → logits
-    black_box = isinstance(model, BlackBox)
-    have = {"members"} if members is not None else set()
-    have |= {"recipe"} if recipe is not None else set()
-    have |= set() if black_box else {"white-box"}
-    have |= {"images"} if len(dataset.shape) == 3 else set()
-    asked = suites
-    if suites is None:  # every default suite the inputs allow, and any other whose options were given
-        asked = [s for s in registry.NAMES if registry.get(s).default or s in given and s != "evasion"]
-        asked = [s for s in asked if not registry.get(s).missing(have) or (s in given and s != "evasion")]
-    suite_list = registry.choose(asked, have)
-    model_seconds = time.perf_counter() - started
-    model_info["parameters"] = None if black_box else int(sum(p.numel() for p in model.parameters()))
+    moved = _to_device(user_model, device, isinstance(model, BlackBox))
+    if precision != "fp32":
+        if isinstance(model, BlackBox):
+            raise InputError(f"precision={precision!r} needs a torch module; this model is a black box")
+        model = Autocast(user_model, precision)
+    try:
+        black_box = isinstance(model, BlackBox)
+        have = {"members"} if members is not None else set()
+        have |= {"recipe"} if recipe is not None else set()
+        have |= set() if black_box else {"white-box"}
+        have |= {"images"} if len(dataset.shape) == 3 else set()
+        asked = suites
+        if suites is None:  # every default suite the inputs allow, and any other whose options were given
+            asked = [s for s in registry.NAMES if registry.get(s).default or s in given and s != "evasion"]
+            asked = [s for s in asked if not registry.get(s).missing(have) or (s in given and s != "evasion")]
+        suite_list = registry.choose(asked, have)
+        model_seconds = time.perf_counter() - started
+        model_info["parameters"] = None if black_box else int(sum(p.numel() for p in model.parameters()))
+        if black_box:
+            model_info["black_box"] = True
+        if recipe is not None:
+            model_info["recipe"] = repr(recipe)
+        if n is not None and n > len(dataset):
+            raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
+        total_n = len(dataset) if n is None else n
+        if total_n == 0:
+            raise InputError("the data holds no samples")
+        if members is not None and isinstance(dataset, Stream):
+            dataset.num_classes = dataset.num_classes or members.num_classes
+
+        param = None if black_box else next(iter(model.parameters()), None)
+        ctx = SuiteContext(model=model, black_box=black_box, data=dataset, n=n, members=members, recipe=recipe,
+                           norm=norm, eps=eps_list, seed=seed, batch_size=batch_size, executor=executor,
+                           progress=report, part=lambda name, compute: compute())
+        for name in suite_list:  # fail fast: every suite checks its options before any work
+            suite = registry.get(name)
+            if suite.check is not None:
+                suite.check(ctx, opts.get(name, {}))
+        device = param.device if param is not None else torch.device("cpu")
+        seconds: dict[str, float] = {"model": model_seconds}
+        resumable = state_dir is not None or save_adv is not None
+
+        # ---- clean accuracy (the attacks count clean errors as successes too); every answer is checked: logits of
+        # the right shape, finite (argmax of NaN is 0), and a model that fails on the data's shape says so. With a
+        # resume state, the same pass hashes all the data (the fingerprint)
+        import hashlib
+
+        digest = hashlib.sha256()
+        preds, labels = [], []
+        for a, b, xb, yb in dataset.batches(batch_size, stop=None if resumable else total_n):
+            if resumable:
+                _update(digest, xb, yb)
+            if a < total_n:
+                xb, yb = xb[:total_n - a], yb[:total_n - a]
+                preds.append(predict_checked(model, xb.to(device), black_box).cpu())
+                labels.append(yb)
+            if a == 0 and isinstance(dataset, Stream) and dataset.num_classes is None and not black_box:
+                with torch.no_grad():  # the number of classes is the model's (labels are checked against it)
+                    from ..models import checked_logits
+
+                    dataset.num_classes = int(checked_logits(model, xb[:1].to(device), probabilities=True).shape[1])
+        clean_correct = (torch.cat(preds) == torch.cat(labels)).numpy()
+        clean_count = int(clean_correct.sum())
+        if members is not None and tuple(members.shape) != tuple(dataset.shape):
+            raise InputError(f"train_data inputs have shape {tuple(members.shape)} but data inputs "
+                             f"{tuple(dataset.shape)}; both must come from the same task")
+        if dataset.num_classes is None:
+            dataset.num_classes = int(torch.cat(labels).max()) + 1
+        data_info.update(n=total_n, num_classes=dataset.num_classes, bounds=list(dataset.bounds),
+                         shape=list(dataset.shape))
+
+        config: dict[str, Any] = {"eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
+                                  "suites": suite_list, "attacks": {}}  # the evasion suite says which ran
+        if precision != "fp32":
+            config["precision"] = precision
+        for k in registry.NAMES:
+            if k in suite_list and k != "evasion" and k in given:
+                config[registry.key_of(k)] = json_value(opts[k])
+        key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items() if o != "save_adv"}
+                                           for k in suite_list}, recipe=repr(recipe),
+                          members=None if members is None else _update(hashlib.sha256(), members.x, members.y).hexdigest())
+        state = _Checkpoint(state_dir, _fingerprint(user_model, digest.hexdigest(), key_config))
+
+        def part(name: str, compute: Callable[[], Any]) -> Any:
+            """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
+            def run() -> dict[str, Any]:
+                t0 = time.perf_counter()
+                value = compute()
+                return {"value": value, "seconds": time.perf_counter() - t0}
+
+            rec = state.part(name, run)
+            seconds[name] = seconds.get(name, 0.0) + rec["seconds"]
+            return rec["value"]
+
+        ctx.part, ctx.state = part, state
+        ctx.extra.update(total=total_n, clean_correct=clean_correct, key=state.key, device=device)
+
+        # ---- the suites, in registry order
+        evasion: dict[str, Any] = {"attacks": [], "worst_case": [], "checks": [], "minimal_norm": None,
+                                   "autoattack": None, "examples": None, "fooled": {}, "config": {}, "samples": {}}
+        sections: dict[str, Any] = {}
+        samples: dict[str, int] = {}
+        for name in suite_list:
+            suite = registry.get(name)
+            if suite.key is None:  # the evasion suite: the top-level results
+                evasion = suite.run(ctx, **opts.get(name, {}))
+                seconds.update(evasion.pop("seconds"))
+                if precision != "fp32":  # does the reduced precision change the numbers? (in the checks)
+                    evasion["checks"] = [*evasion["checks"], _precision_check(
+                        user_model, model, dataset, total_n, eps_list, norm, seed, device, report)]
+                config.update(evasion["config"])
+                samples.update(evasion["samples"])
+                continue
+            result = part(suite.key, lambda suite=suite: suite.run(ctx, **opts.get(suite.name, {})))
+            sections[suite.key] = result
+            count = suite.samples(result)
+            if count is not None:
+                samples[suite.key] = int(count)
+        rows = evasion["attacks"]
+        budget = {
+            "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
+            "seconds": sum(r["seconds"] for r in rows),
+        }
+        environment = {
+            "python": platform.python_version(), "torch": torch.__version__, "adverse": __version__,
+            "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
+            "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
+        }
+        seconds["total"] = time.perf_counter() - started
+        return AuditResult(
+            clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=evasion["worst_case"],
+            config=config, model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
+            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=evasion["checks"],
+            suites=suite_list, minimal_norm=evasion["minimal_norm"], autoattack=evasion["autoattack"],
+            fooled=evasion["fooled"], examples=evasion["examples"], samples=samples, sections=sections,
+        )
+    finally:
+        if moved is not None:  # the caller's model goes back where it was
+            user_model.to(moved)
+
+
+def _to_device(model: Any, device: str | None, black_box: bool) -> Any:
+    """Move ``model`` to ``device`` (:func:`adverse.models.resolve_device`); the device it was on (to move it
+    back), or None when nothing moved."""
+    if device is None:
+        return None
+    import torch
+
+    from ..models import resolve_device
+
+    target = resolve_device(device)
     if black_box:
-        model_info["black_box"] = True
-    if recipe is not None:
-        model_info["recipe"] = repr(recipe)
-    if n is not None and n > len(dataset):
-        raise InputError(f"n={n} but the data has only {len(dataset)} samples; pass n ≤ {len(dataset)}")
-    total_n = len(dataset) if n is None else n
-    if total_n == 0:
-        raise InputError("the data holds no samples")
-    if members is not None and isinstance(dataset, Stream):
-        dataset.num_classes = dataset.num_classes or members.num_classes
+        if target.type != "cpu":
+            raise InputError(f"device={device!r}: this model is a black box (it runs wherever its own code runs); "
+                             "pass device='cpu' or leave it out")
+        return None
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    before = first.device if first is not None else torch.device("cpu")
+    if before == target:
+        return None
+    model.to(target)
+    return before
 
-    param = None if black_box else next(iter(model.parameters()), None)
-    ctx = SuiteContext(model=model, black_box=black_box, data=dataset, n=n, members=members, recipe=recipe,
-                       norm=norm, eps=eps_list, seed=seed, batch_size=batch_size, executor=executor,
-                       progress=report, part=lambda name, compute: compute())
-    for name in suite_list:  # fail fast: every suite checks its options before any work
-        suite = registry.get(name)
-        if suite.check is not None:
-            suite.check(ctx, opts.get(name, {}))
-    device = param.device if param is not None else torch.device("cpu")
-    seconds: dict[str, float] = {"model": model_seconds}
-    resumable = state_dir is not None or save_adv is not None
 
-    # ---- clean accuracy (the attacks count clean errors as successes too); every answer is checked: logits of
-    # the right shape, finite (argmax of NaN is 0), and a model that fails on the data's shape says so. With a
-    # resume state, the same pass hashes all the data (the fingerprint)
-    import hashlib
+PRECISION_CHECK_N = 64
+"""Points the precision check attacks in both precisions."""
 
-    digest = hashlib.sha256()
-    preds, labels = [], []
-    for a, b, xb, yb in dataset.batches(batch_size, stop=None if resumable else total_n):
-        if resumable:
-            _update(digest, xb, yb)
-        if a < total_n:
-            xb, yb = xb[:total_n - a], yb[:total_n - a]
-            preds.append(predict_checked(model, xb.to(device), black_box).cpu())
-            labels.append(yb)
-        if a == 0 and isinstance(dataset, Stream) and dataset.num_classes is None and not black_box:
-            with torch.no_grad():  # the number of classes is the model's (labels are checked against it)
-                from ..models import checked_logits
 
-                dataset.num_classes = int(checked_logits(model, xb[:1].to(device), probabilities=True).shape[1])
-    clean_correct = (torch.cat(preds) == torch.cat(labels)).numpy()
-    clean_count = int(clean_correct.sum())
-    if members is not None and tuple(members.shape) != tuple(dataset.shape):
-        raise InputError(f"train_data inputs have shape {tuple(members.shape)} but data inputs "
-                         f"{tuple(dataset.shape)}; both must come from the same task")
-    if dataset.num_classes is None:
-        dataset.num_classes = int(torch.cat(labels).max()) + 1
-    data_info.update(n=total_n, num_classes=dataset.num_classes, bounds=list(dataset.bounds),
-                     shape=list(dataset.shape))
+def _precision_check(user_model: Any, reduced: Any, data: Any, total_n: int, eps_list: list[float], norm: str,
+                     seed: int, device: Any, report: Callable[[str, float, float], None]) -> dict[str, Any]:
+    """:func:`adverse.evaluation.checks.check_precision` on the first points, at the middle budget."""
+    from ..models import as_classifier
+    from .checks import check_precision
 
-    config: dict[str, Any] = {"eps": eps_list, "norm": norm, "n": n, "seed": seed, "batch_size": batch_size,
-                              "suites": suite_list, "attacks": {}}  # the evasion suite says which ran
-    for k in registry.NAMES:
-        if k in suite_list and k != "evasion" and k in given:
-            config[registry.key_of(k)] = json_value(opts[k])
-    key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items() if o != "save_adv"}
-                                       for k in suite_list}, recipe=repr(recipe),
-                      members=None if members is None else _update(hashlib.sha256(), members.x, members.y).hexdigest())
-    state = _Checkpoint(state_dir, _fingerprint(user_model, digest.hexdigest(), key_config))
-
-    def part(name: str, compute: Callable[[], Any]) -> Any:
-        """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
-        def run() -> dict[str, Any]:
-            t0 = time.perf_counter()
-            value = compute()
-            return {"value": value, "seconds": time.perf_counter() - t0}
-
-        rec = state.part(name, run)
-        seconds[name] = seconds.get(name, 0.0) + rec["seconds"]
-        return rec["value"]
-
-    ctx.part, ctx.state = part, state
-    ctx.extra.update(total=total_n, clean_correct=clean_correct, key=state.key, device=device)
-
-    # ---- the suites, in registry order
-    evasion: dict[str, Any] = {"attacks": [], "worst_case": [], "checks": [], "minimal_norm": None,
-                               "autoattack": None, "examples": None, "fooled": {}, "config": {}, "samples": {}}
-    sections: dict[str, Any] = {}
-    samples: dict[str, int] = {}
-    for name in suite_list:
-        suite = registry.get(name)
-        if suite.key is None:  # the evasion suite: the top-level results
-            evasion = suite.run(ctx, **opts.get(name, {}))
-            seconds.update(evasion.pop("seconds"))
-            config.update(evasion["config"])
-            samples.update(evasion["samples"])
-            continue
-        result = part(suite.key, lambda suite=suite: suite.run(ctx, **opts.get(suite.name, {})))
-        sections[suite.key] = result
-        count = suite.samples(result)
-        if count is not None:
-            samples[suite.key] = int(count)
-    rows = evasion["attacks"]
-    budget = {
-        "forwards": sum(r["forwards"] for r in rows), "backwards": sum(r["backwards"] for r in rows),
-        "seconds": sum(r["seconds"] for r in rows),
-    }
-    environment = {
-        "python": platform.python_version(), "torch": torch.__version__, "adverse": __version__,
-        "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
-        "threads": torch.get_num_threads(), "executor": getattr(executor, "name", type(executor).__name__),
-    }
-    seconds["total"] = time.perf_counter() - started
-    return AuditResult(
-        clean_accuracy=clean_count / total_n, n=total_n, attacks=rows, worst_case=evasion["worst_case"],
-        config=config, model=model_info, data=data_info, environment=environment, budget=budget, seconds=seconds,
-        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), checks=evasion["checks"],
-        suites=suite_list, minimal_norm=evasion["minimal_norm"], autoattack=evasion["autoattack"],
-        fooled=evasion["fooled"], examples=evasion["examples"], samples=samples, sections=sections,
-    )
+    k = min(PRECISION_CHECK_N, total_n)
+    part = data.take(k)
+    eps = eps_list[len(eps_list) // 2]
+    what = f"precision check ({reduced.precision} against fp32) on {k} points"
+    report(what, 0, 1)
+    found = check_precision(as_classifier(user_model), reduced, part.x.to(device), part.y.to(device), eps=eps,
+                            norm=norm, bounds=tuple(part.bounds), seed=seed)
+    report(what, 1, 1)
+    return found.to_dict()
 
 
 def _suite_options(options: Mapping[str, Any] | None, **named: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -147,6 +147,42 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_shar
     return Check("gradients", "pass", "input gradients are informative", evidence)
 
 
+def check_precision(model: nn.Module, reduced: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                    norm: str, bounds: tuple[float, float] = (0.0, 1.0), steps: int = 20, seed: int = 0,
+                    tolerance: float = 0.01) -> Check:
+    """Does running the model in reduced precision change the audit's numbers?
+
+    Robust accuracy under PGD-``steps`` at ``eps`` on ``x`` with the model in float32 (``model``) and in the
+    reduced precision (``reduced``, e.g. :class:`adverse.models.Autocast`); warns when they differ by more than
+    ``tolerance`` (1 percentage point), or when more points have a zero input gradient in reduced precision than
+    in float32 (fp16 underflow: an attack cannot move those points, so robust accuracy is over-estimated). The
+    evidence holds both robust accuracies, both zero-gradient shares and the clean accuracies.
+    """
+    from ..evasion import pgd
+
+    found = {}
+    for key, m in (("fp32", model), ("reduced", reduced)):
+        r = pgd(m, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
+        grads = check_gradients(m, x, y)
+        found[key] = {"robust_accuracy": float((~r.success).float().mean()),
+                      "clean_accuracy": float((_logits(m, x).argmax(1) == y).float().mean()),
+                      "zero_gradient_share": grads.evidence["share_zero"] + grads.evidence["share_nonfinite"]}
+    name = getattr(reduced, "precision", "reduced")
+    diff = found["reduced"]["robust_accuracy"] - found["fp32"]["robust_accuracy"]
+    extra_zero = found["reduced"]["zero_gradient_share"] - found["fp32"]["zero_gradient_share"]
+    evidence = {"precision": name, "eps": eps, "steps": steps, "n": int(x.shape[0]), "fp32": found["fp32"],
+                name: found["reduced"], "difference": diff, "tolerance": tolerance}
+    if extra_zero > 0:
+        return Check("precision", "warn", f"in {name}, {extra_zero:.0%} more points have a zero input gradient than "
+                     f"in fp32 (underflow): attacks cannot move them; audit in fp32 (--precision fp32)", evidence)
+    if abs(diff) > tolerance:
+        return Check("precision", "warn", f"robust accuracy under PGD differs by {100 * diff:+.1f} pp in {name} "
+                     f"against fp32 on these {x.shape[0]} points (more than {100 * tolerance:.0f} pp): {name} "
+                     "changes the numbers; audit in fp32 (--precision fp32)", evidence)
+    return Check("precision", "pass", f"{name} gives the same robust accuracy as fp32 within "
+                 f"{100 * tolerance:.0f} pp ({100 * diff:+.1f} pp) and no extra zero gradients", evidence)
+
+
 def check_eps_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                     bounds: tuple[float, float], steps: int = 20, seed: int = 0, max_robust: float = 0.05,
                     white_box: Any = None) -> Check:

@@ -293,6 +293,44 @@ def _checks_section(results: Mapping[str, Any]) -> str:
             + _table(["check", "status", "what it found", "evidence"], rows) + "</section>")
 
 
+_LOSSES = {"ce": "cross-entropy", "dlr": "difference of logits ratio", "margin": "logit margin", "cw": "C&W margin"}
+
+
+def settings_in_words(params: Any) -> str:
+    """An attack's essential settings as a phrase: "5 steps of size 0.025, 1 restart, cross-entropy loss, random
+    start, early stop" (the full parameters stay in results.json)."""
+    if not isinstance(params, Mapping):
+        return ""
+    words = []
+
+    def whole(key: str) -> int | None:
+        v = params.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    steps, size = whole("steps"), params.get("alpha", params.get("step"))
+    if steps is not None:
+        words.append(f"{steps:,} step{'s' if steps != 1 else ''}" + (f" of size {_num(float(size))}"
+                                                                     if isinstance(size, (int, float))
+                                                                     and not isinstance(size, bool) else ""))
+    for key, one, many in (("restarts", "restart", "restarts"), ("max_queries", "query", "queries"),
+                           ("n_target_classes", "target class", "target classes")):
+        v = whole(key)
+        if v is not None:
+            words.append(f"{v:,} {one if v == 1 else many}")
+    loss = params.get("loss")
+    if isinstance(loss, str):
+        words.append(f"{_LOSSES.get(loss, loss)} loss")
+    if params.get("random_start") is True:
+        words.append("random start")
+    if isinstance(params.get("momentum"), (int, float)) and not isinstance(params.get("momentum"), bool):
+        words.append(f"momentum {_num(float(params['momentum']))}")
+    if params.get("early_stop") is True:
+        words.append("early stop")
+    if params.get("targeted") is True:
+        words.append("targeted")
+    return ", ".join(words) if words else "single step" if "steps" not in params else ""
+
+
 def _attacks_section(results: Mapping[str, Any]) -> str:
     rows = results.get("attacks", [])
     if not rows:
@@ -300,7 +338,7 @@ def _attacks_section(results: Mapping[str, Any]) -> str:
     order = {a: i for i, a in enumerate(dict.fromkeys(r["attack"] for r in rows))}
     rows = sorted(rows, key=lambda r: (order[r["attack"]], r["eps"]))
     n = results.get("n")
-    body = [[_e(_name(r["attack"])), _e(_num(r.get("params", {}))), _e(_num(r["eps"])),
+    body = [[_e(_name(r["attack"])), _e(settings_in_words(r.get("params", {}))), _e(_num(r["eps"])),
              _pct(r["robust_accuracy"]), f"{_e(_num(r.get('robust')))} / {_e(_num(n))}", _pct(r.get("success_rate")),
              _e(_num(r.get("forwards"))), _e(_num(r.get("backwards"))), _e(f"{r.get('seconds', 0.0):.2f}")]
             for r in rows]
@@ -310,7 +348,7 @@ def _attacks_section(results: Mapping[str, Any]) -> str:
     return ("<section id='attacks'><h2>Attacks × ε</h2><p>Robust accuracy, attack success rate (share of samples "
             "misclassified, clean errors included) and the budget each attack spent: forward and backward passes "
             "through the model, and seconds.</p>"
-            + _table(["attack", "parameters", "ε", "robust accuracy", "robust", "success rate", "forwards",
+            + _table(["attack", "settings", "ε", "robust accuracy", "robust", "success rate", "forwards",
                       "backwards", "seconds"], body, right=(2, 3, 4, 5, 6, 7, 8)) + "</section>")
 
 
@@ -605,6 +643,8 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
         py_args.append(f"check_n={cfg['checks']['n']!r}")
     if aa:
         py_args.append(f"autoattack_n={aa['n']!r}")
+    if cfg.get("precision"):
+        py_args.append(f"precision={cfg['precision']!r}")
     named = ("privacy", "poisoning", "certify", "defense")  # audit()'s own keyword arguments; the rest: options=
     py_args += [f"{k}={v!r}" for k, v in options.items() if k in named]
     others = {registry.get(k.replace("_", "-")).name: v for k, v in options.items() if k not in named}
@@ -625,7 +665,7 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0)) and (
         not checks or cfg["checks"].get("n") == min(100, results.get("n") or 0))
     expressible = (len(set(steps.values())) <= 1 and (set(attacks) == set(DEFAULT_ATTACKS) or "evasion" not in suites)
-                   and cfg.get("batch_size") == 256 and mn and set(options) <= ({"defense"} if cli_defense else set())
+                   and isinstance(cfg.get("batch_size"), int) and mn and set(options) <= ({"defense"} if cli_defense else set())
                    and default_budgets
                    and (not user or ("file" in model and "spec" in data
                                      and ("train" not in data or "spec" in data["train"])
@@ -644,6 +684,10 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
         cli += ["--autoattack", aa["version"] if aa else "off"]
     if not checks:
         cli.append("--no-checks")
+    if cfg.get("precision"):
+        cli += ["--precision", str(cfg["precision"])]
+    if cfg.get("batch_size") != 256:
+        cli += ["--batch-size", str(cfg["batch_size"])]
     if user:
         cli += ["--model", str(model["file"])] + (["--arch", str(model["arch"])] if model.get("arch") else [])
         given = cfg.get("normalize")
