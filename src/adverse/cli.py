@@ -133,6 +133,10 @@ def audit(
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="Seed of all randomness (0 to 2^31 − 1).", show_default="0")
     ] = None,
+    protocol: Annotated[
+        str | None, typer.Option("--protocol", help="robustbench: standard AutoAttack on every point at one eps; "
+                                 "writes robustbench.json and autoattack.log.", show_default="none"),
+    ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="Where the model runs: auto, cpu, cuda, cuda:N or mps.",
                                  show_default="where the model is (the CPU)"),
@@ -286,8 +290,20 @@ def audit(
                        mean=settings.pop("mean"), std=settings.pop("std"),
                        images={k: settings.pop(k) for k in ("image_size", "resize", "center_crop")})
         runner = _executor(settings.pop("executor"), settings.pop("ray_address"))
+        protocol = settings.pop("protocol")
         result = _run_audit(settings, loaded, out_dir, runner, err)
+        if protocol is not None:
+            result.config["protocol"] = protocol
         path = result.save(out_dir)
+        if protocol == "robustbench":  # the leaderboard entry and AutoAttack's log, beside results.json
+            import json
+
+            from .evaluation.common import write_atomic
+            from .evaluation.robustbench import autoattack_log, model_info
+
+            d = result.to_dict()
+            write_atomic(out_dir / "robustbench.json", json.dumps(model_info(d), indent=2, allow_nan=False) + "\n")
+            write_atomic(out_dir / "autoattack.log", autoattack_log(d))
         from .evaluation.report import render_report
 
         report_path = render_report(result.to_dict(), out_dir, examples=result.examples)
@@ -348,6 +364,13 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         raise AdverseError(f"--autoattack must be fast, standard or off, got {autoattack!r}")
     _check_limits(pick(args["threads"], cfg.get("threads"), None), pick(args["steps"], ev.get("steps"), None),
                   eps, pick(args["seed"], cfg.get("seed"), 0))
+    from .evaluation.robustbench import protocol_options
+
+    protocol = pick(args["protocol"], cfg.get("protocol"), None)
+    if protocol not in (None, "robustbench"):
+        raise AdverseError(f"--protocol must be robustbench, got {protocol!r}")
+    if protocol is not None and suites is None:
+        suites = ["evasion"]
     device = pick(args["device"], cfg.get("device"), None)
     if device is not None:
         from .models import resolve_device
@@ -362,6 +385,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
     normalize = {k: _parse_values(f"--{k}", args[k]) if args[k] is not None else mdl.get(k) for k in ("mean", "std")}
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
+        "protocol": protocol,
         "model_file": pick(args["model"], mdl.get("file"), None),
         "arch": pick(args["arch"], mdl.get("arch"), None),
         **normalize,
@@ -379,11 +403,12 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
         "audit": {
             "eps": eps, "norm": norm, "n": pick(args["n"], ev.get("n"), None),
             "steps": pick(args["steps"], ev.get("steps"), None), "seed": pick(args["seed"], cfg.get("seed"), 0),
-            "checks": pick(args["checks"], ev.get("checks"), True), "suites": suites,
+            "checks": pick(args["checks"], ev.get("checks"), protocol is None), "suites": suites,
             "autoattack": None if autoattack == "off" else autoattack,
             **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
                if k in ev},
             **({"batch_size": args["batch_size"]} if args["batch_size"] is not None else {}),
+            **(protocol_options(eps, pick(args["n"], ev.get("n"), None)) if protocol is not None else {}),
             "device": device, "precision": precision,
             **({"options": {k: cfg[k] for k in SUITE_TABLES if k in cfg and k != "defense"}}
                if any(k in cfg for k in SUITE_TABLES if k != "defense") else {}),

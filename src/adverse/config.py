@@ -69,7 +69,7 @@ from .errors import InputError
 from .evaluation.suites import NAMES
 
 TOP = {"suites": list, "seed": int, "threads": int, "out": str, "executor": str, "ray_address": str, "device": str,
-       "precision": str}
+       "precision": str, "protocol": str}
 MODEL = {"file": str, "arch": str, "trust_pickle": bool, "trust_code": bool, "mean": (list, float, int),
          "std": (list, float, int)}
 DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int), "image_size": int, "resize": int,

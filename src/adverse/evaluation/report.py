@@ -82,6 +82,7 @@ from .html import label as _label
 from .html import num as _num
 from .html import pct as _pct
 from .html import table as _table
+from .robustbench import report_section
 
 REPORT_FILE = "report.html"
 MAX_EXAMPLES = 8
@@ -630,6 +631,7 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     checks = "checks" in cfg
     suites = list(cfg.get("suites", ["evasion"]))
     aa = cfg.get("autoattack")
+    protocol = cfg.get("protocol") == "robustbench"
     mn = "minimal_norm" in cfg or "evasion" not in suites
     options = {k: cfg[k] for k in registry.KEYS if cfg.get(k)}
     defense = cfg.get("defense") or {}
@@ -660,12 +662,13 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     py = ("import adverse\n"
           + ("# model, data (, train_data, recipe): what was audited\n" if user else "")
           + "result = adverse.evaluation.audit(\n" + "".join(f"    {a},\n" for a in py_args) + ")")
-    from .evasion_suite import DEFAULT_ATTACKS
+    from .evasion_suite import DEFAULT_ATTACKS, DEFAULT_STEPS
 
-    default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0)) and (
+    default_steps = all(DEFAULT_STEPS.get(a) == s for a, s in steps.items())  # no --steps needed
+    default_budgets = (not aa or aa.get("n") == min(100, results.get("n") or 0) or protocol) and (
         not checks or cfg["checks"].get("n") == min(100, results.get("n") or 0))
-    expressible = (len(set(steps.values())) <= 1 and (set(attacks) == set(DEFAULT_ATTACKS) or "evasion" not in suites)
-                   and isinstance(cfg.get("batch_size"), int) and mn and set(options) <= ({"defense"} if cli_defense else set())
+    expressible = ((len(set(steps.values())) <= 1 or default_steps) and (set(attacks) == set(DEFAULT_ATTACKS) or "evasion" not in suites)
+                   and isinstance(cfg.get("batch_size"), int) and (mn or protocol) and set(options) <= ({"defense"} if cli_defense else set())
                    and default_budgets
                    and (not user or ("file" in model and "spec" in data
                                      and ("train" not in data or "spec" in data["train"])
@@ -675,14 +678,16 @@ def _command(results: Mapping[str, Any]) -> tuple[str | None, str]:
     cli = ["adverse", "audit", "--eps", eps, "--norm", str(cfg.get("norm"))]
     if cfg.get("n") is not None:
         cli += ["--n", str(cfg["n"])]
-    if steps:
+    if steps and not default_steps:
         cli += ["--steps", str(next(iter(steps.values())))]
     cli += ["--seed", str(cfg.get("seed")), "--suites", ",".join(suites)]
     if cli_defense:
         cli += ["--defense", defense["layer"]]
-    if "evasion" in suites:
+    if protocol:
+        cli += ["--protocol", "robustbench"] + (["--checks"] if checks else [])  # the protocol's default: none
+    elif "evasion" in suites:
         cli += ["--autoattack", aa["version"] if aa else "off"]
-    if not checks:
+    if not checks and not protocol:
         cli.append("--no-checks")
     if cfg.get("precision"):
         cli += ["--precision", str(cfg["precision"])]
@@ -912,6 +917,7 @@ def _render(results: Mapping[str, Any], out: Path, examples: Mapping[str, Any] |
     sections = [
         _header(results),
         _summary_section(results),
+        report_section(results),
         _with_samples(_curves_section(results, figs), results, ("evasion", "minimal_norm", "autoattack")),
         _with_samples(_checks_section(results), results, ("checks",)),
         _with_samples(_attacks_section(results), results, ("evasion",)),
