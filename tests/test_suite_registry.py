@@ -182,3 +182,19 @@ mm_steps = 20
     r = CliRunner().invoke(app, ["audit", "--config", str(bad), "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "severities must be distinct integers in 1..5" in r.output
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_dp_audit_suite_with_a_dp_recipe_and_gradient_canaries():
+    """The suite on a DP-SGD recipe (Opacus, ε = 8 claimed): white-box gradient canaries give a bound that is
+    positive, below the claim, and stated beside it."""
+    from adverse.defenses import DPRecipe
+    from adverse.zoo import pretrained
+
+    train, test = adv.data.digits("train"), adv.data.digits("test")
+    r = adv.evaluation.audit(pretrained("digits-cnn"), test, train_data=train, recipe=DPRecipe(8.0, 1e-5, epochs=5),
+                             n=400, suites=["dp-audit"], options={"dp-audit": {"canary": "gradient"}})
+    dp = r.dp_audit
+    assert dp["canary"] == "gradient" and dp["n"] == 400 and r.samples == {"dp_audit": 400}
+    assert dp["claimed_epsilon"] == pytest.approx(8.0, abs=0.05) and dp["delta"] == 1e-5
+    assert 0 < dp["epsilon_lower"] < dp["claimed_epsilon"]
+    assert "claimed ε = 7.99" in dp["summary"] or "claimed ε = 8" in dp["summary"]
