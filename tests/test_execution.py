@@ -64,3 +64,25 @@ def test_get_executor_names_and_errors():
         map_tasks(draw, [1, 2])
     with pytest.raises(AdverseError, match="seed"):
         spawn_seeds(-1, 2)
+
+
+def test_ray_tasks_ask_for_a_gpu_only_when_their_model_is_on_cuda():
+    """Which resources a Ray task requests (no GPU here: a stand-in module reports CUDA parameters)."""
+    import pytest
+    import torch
+    from torch import nn
+
+    from adverse.errors import InputError
+    from adverse.execution import RayExecutor, Task, gpus_for
+
+    class OnCuda(nn.Module):
+        def parameters(self, recurse=True):
+            yield type("P", (), {"device": torch.device("cuda", 0)})()
+
+    cpu_model = nn.Linear(2, 2)
+    assert gpus_for(Task(0, 0, ("fn", cpu_model, torch.zeros(1)))) == 0.0
+    assert gpus_for(Task(0, 0, ("fn", OnCuda(), torch.zeros(1)))) == 1.0
+    assert gpus_for(Task(0, 0, {"model": OnCuda()}), share=0.5) == 0.5
+    assert gpus_for(Task(0, 0, None)) == 0.0
+    with pytest.raises(InputError, match="num_gpus"):
+        RayExecutor(num_gpus=0)

@@ -120,12 +120,18 @@ class RayExecutor:
     num_cpus : CPUs of a local instance (None: all); each task takes one CPU and so one torch thread.
     max_retries : how often Ray re-runs a task whose worker process died.
     timeout : seconds to wait for ``address`` to answer before raising :class:`InputError`.
+    num_gpus : GPUs each task asks Ray for when its payload holds a model on CUDA (:func:`gpus_for`): 1 by
+        default (tasks then spread over the cluster's GPUs, one each; a fraction such as 0.5 packs two per GPU).
+        Tasks whose model is on the CPU ask for none.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, max_retries: int = 3,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, num_gpus: float = 1.0) -> None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or not 0 < num_gpus <= 1:
+            raise InputError(f"num_gpus is the share of a GPU each CUDA task asks for, in (0, 1]; got {num_gpus!r}")
+        self.num_gpus = float(num_gpus)
         self.address = address
         self.num_cpus = num_cpus
         self.max_retries = max_retries
@@ -157,7 +163,8 @@ class RayExecutor:
         for t in tasks:
             if len(refs) >= MAX_IN_FLIGHT:
                 yield ray.get(refs.popleft())
-            refs.append(remote.remote(fn_ref, t))
+            gpus = gpus_for(t, self.num_gpus)
+            refs.append((remote.options(num_gpus=gpus) if gpus else remote).remote(fn_ref, t))
         while refs:
             yield ray.get(refs.popleft())
 
@@ -166,6 +173,22 @@ class RayExecutor:
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r})"
+
+
+def gpus_for(task: Task, share: float = 1.0) -> float:
+    """The GPUs a task asks Ray for: ``share`` when its payload (a tuple, list or mapping, one level deep) holds a
+    torch module whose parameters or buffers are on CUDA, else 0 (Ray then schedules it on any CPU)."""
+    payload = task.payload
+    items = payload.values() if isinstance(payload, dict) else payload if isinstance(payload, (tuple, list)) \
+        else (payload,)
+    for item in items:
+        if isinstance(item, torch.nn.Module):
+            first = next(iter(item.parameters()), None)
+            if first is None:
+                first = next(iter(item.buffers()), None)
+            if first is not None and first.device.type == "cuda":
+                return share
+    return 0.0
 
 
 def _call(fn: Callable[[Task], Any], task: Task) -> Any:
