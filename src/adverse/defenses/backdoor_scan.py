@@ -41,6 +41,8 @@ METHODS = ("neural-cleanse", "mm-bd")
 # The decision rule's false-positive rate on clean models and detection rate on backdoored ones (right target), as
 # measured by FPR_COMMAND with the defaults of :func:`scan_backdoor` (benchmarks/BENCHMARKS.md, "Backdoor scan").
 # Keys: the methods run (sorted); values: (flagged, scanned). With both methods MM-BD decides (see _decide).
+# Caution: these are clean training seeds 0-19 only. On seeds 20-39 MM-BD flags 4 of 20 clean models (p 0.0014-0.049),
+# measured with `--clean-seeds 40` (benchmarks/BENCHMARKS.md, "Can MM-BD catch the missed BadNets model").
 FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 20"
 FALSE_POSITIVE_RATE: dict[tuple[str, ...], tuple[int, int]] = {
     ("neural-cleanse",): (6, 20),  # all six on class 3
