@@ -14,7 +14,7 @@ No retraining and no poisoned data: the scan holds the model and a little clean 
 :func:`scan_backdoor` runs both and returns per class the evidence, per method the flagged classes, and a verdict
 (MM-BD's decision; Neural Cleanse flags clean digits CNNs too often to decide) whose false-positive rate on clean
 models and detection rate on BadNets / Blended ones are :data:`FALSE_POSITIVE_RATE` and :data:`DETECTION_RATE`,
-measured by ``benchmarks/bench_backdoor_scan.py`` (digits CNNs: 0/20 clean models flagged; 5/6 backdoored ones
+measured by ``benchmarks/bench_backdoor_scan.py`` (digits CNNs: 4/40 clean models flagged; 5/6 backdoored ones
 flagged with the right target).
 """
 
@@ -41,13 +41,13 @@ METHODS = ("neural-cleanse", "mm-bd")
 # The decision rule's false-positive rate on clean models and detection rate on backdoored ones (right target), as
 # measured by FPR_COMMAND with the defaults of :func:`scan_backdoor` (benchmarks/BENCHMARKS.md, "Backdoor scan").
 # Keys: the methods run (sorted); values: (flagged, scanned). With both methods MM-BD decides (see _decide).
-# Caution: these are clean training seeds 0-19 only. On seeds 20-39 MM-BD flags 4 of 20 clean models (p 0.0014-0.049),
-# measured with `--clean-seeds 40` (benchmarks/BENCHMARKS.md, "Can MM-BD catch the missed BadNets model").
-FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 20"
+# Clean training seeds 0-39: MM-BD flags none of seeds 0-19 and 4 of seeds 20-39 (p 0.0014-0.049, classes 3 and 4;
+# benchmarks/BENCHMARKS.md, "Can MM-BD catch the missed BadNets model"); Neural Cleanse alone flags 15 of 40.
+FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 40"
 FALSE_POSITIVE_RATE: dict[tuple[str, ...], tuple[int, int]] = {
-    ("neural-cleanse",): (6, 20),  # all six on class 3
-    ("mm-bd",): (0, 20),
-    ("mm-bd", "neural-cleanse"): (0, 20),  # MM-BD decides
+    ("neural-cleanse",): (15, 40),
+    ("mm-bd",): (4, 40),
+    ("mm-bd", "neural-cleanse"): (4, 40),  # MM-BD decides
 }
 DETECTION_RATE: dict[tuple[str, ...], dict[str, tuple[int, int]]] = {
     ("neural-cleanse",): {"badnets": (3, 3), "blended": (3, 3)},
