@@ -82,7 +82,7 @@ def main() -> None:
             ok = r.x_adv.device.type == device.type
             print(f"{attack:<12} {float(r.success.float().mean()):>8.3f} {r.forwards:>9,} {r.backwards:>10,} "
                   f"{getattr(r, 'queries', 0):>8,} {seconds:>8.2f}  {'on ' + device.type if ok else 'OUTPUT MOVED'}")
-        except Exception as e:  # a check reports every failure and goes on
+        except Exception as e:  # noqa: BLE001  (a check reports every failure and goes on)
             print(f"{attack:<12} FAILED: {type(e).__name__}: {str(e)[:150]}")
 
     print("\n2. one audit on the device (evasion + certify)")
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"audit: {time.perf_counter() - t0:.1f} s; clean {result.clean_accuracy:.3f}; worst case "
               f"{[round(w['robust_accuracy'], 3) for w in result.worst_case]}; checks "
               f"{[(c['name'], c['status']) for c in result.checks]}; device {result.environment['device']}")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         print(f"audit FAILED: {type(e).__name__}: {str(e)[:300]}")
 
     print("\n3. forward throughput, fp32 vs bf16")
@@ -114,7 +114,7 @@ def main() -> None:
     print("\n4. against the references (when importable)")
     try:
         import torchattacks
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         print(f"torchattacks not importable ({type(e).__name__}); skipped")
     else:
         ours = evasion.pgd(net, x, y, eps=eps, steps=steps, alpha=2 / 255, seed=0)
@@ -134,7 +134,7 @@ def main() -> None:
               f"{t_ref:.2f} s robust {ref_robust:.3f}; time ratio {t_ours / t_ref:.3f}")
     try:
         from autoattack import AutoAttack
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         print(f"reference autoattack not importable ({type(e).__name__}); skipped")
     else:
         k = min(n, 32)
