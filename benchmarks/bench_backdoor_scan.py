@@ -8,7 +8,8 @@ half of the digits test split as clean data, and one row is printed per model. T
 alone and for the scan's combined rule, the detection rate (backdoored models flagged *with the right target*) and
 the false-positive rate (clean models flagged at all).
 
-Usage: ``python benchmarks/bench_backdoor_scan.py --clean-seeds 10`` (``--json FILE`` also writes every scan).
+Usage: ``python benchmarks/bench_backdoor_scan.py --clean-seeds 10`` (``--json FILE`` also writes every scan;
+``--first-clean-seed`` / ``--first-seed`` start the clean / backdoored seeds elsewhere than 0, for fresh models).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from adverse.zoo import recipe, train_with
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..n-1 of the backdoored models")
-    ap.add_argument("--clean-seeds", type=int, default=3, help="training seeds 0..n-1 of the clean models")
+    ap.add_argument("--seeds", type=int, default=3, help="how many backdoored models per attack (training seeds)")
+    ap.add_argument("--clean-seeds", type=int, default=3, help="how many clean models (training seeds)")
+    ap.add_argument("--first-seed", type=int, default=0, help="first training seed of the backdoored models")
+    ap.add_argument("--first-clean-seed", type=int, default=0, help="first training seed of the clean models")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -45,8 +48,8 @@ def main() -> None:
           f"images; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"{'model':<12} {'seed':>4} {'acc':>5} {'ASR':>5}  {'verdict':<36} {'NC flags':<9} {'NC max AI':>9} "
           f"{'MM-BD top':>9} {'MM-BD p':>8} {'s':>5}")
-    jobs = [("clean", s) for s in range(args.clean_seeds)]
-    jobs += [(kind, s) for kind in ("badnets", "blended") for s in range(args.seeds)]
+    jobs = [("clean", s) for s in range(args.first_clean_seed, args.first_clean_seed + args.clean_seeds)]
+    jobs += [(kind, s) for kind in ("badnets", "blended") for s in range(args.first_seed, args.first_seed + args.seeds)]
     rows = []
     for kind, seed in jobs:
         if kind == "clean":
