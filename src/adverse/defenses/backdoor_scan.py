@@ -14,8 +14,8 @@ No retraining and no poisoned data: the scan holds the model and a little clean 
 :func:`scan_backdoor` runs both and returns per class the evidence, per method the flagged classes, and a verdict
 (MM-BD's decision; Neural Cleanse flags clean digits CNNs too often to decide) whose false-positive rate on clean
 models and detection rate on BadNets / Blended ones are :data:`FALSE_POSITIVE_RATE` and :data:`DETECTION_RATE`,
-measured by ``benchmarks/bench_backdoor_scan.py`` (digits CNNs: 4/40 clean models flagged; 5/6 backdoored ones
-flagged with the right target).
+measured by ``benchmarks/bench_backdoor_scan.py`` (digits CNNs: 7/60 clean models flagged; 9/12 backdoored ones
+flagged with the right target: BadNets 3/6, Blended 6/6).
 """
 
 from __future__ import annotations
@@ -41,18 +41,19 @@ METHODS = ("neural-cleanse", "mm-bd")
 # The decision rule's false-positive rate on clean models and detection rate on backdoored ones (right target), as
 # measured by FPR_COMMAND with the defaults of :func:`scan_backdoor` (benchmarks/BENCHMARKS.md, "Backdoor scan").
 # Keys: the methods run (sorted); values: (flagged, scanned). With both methods MM-BD decides (see _decide).
-# Clean training seeds 0-39: MM-BD flags none of seeds 0-19 and 4 of seeds 20-39 (p 0.0014-0.049, classes 3 and 4;
-# benchmarks/BENCHMARKS.md, "Can MM-BD catch the missed BadNets model"); Neural Cleanse alone flags 15 of 40.
-FPR_COMMAND = "python benchmarks/bench_backdoor_scan.py --clean-seeds 40"
+# Clean training seeds 0-59 and backdoored seeds 0-5 (benchmarks/BENCHMARKS.md, "Backdoor scan" and its subsections):
+# MM-BD flags 0 of seeds 0-19, 4 of 20-39 and 3 of 40-59; it finds BadNets on seeds 1, 2 and 3 only.
+FPR_COMMAND = ("python benchmarks/bench_backdoor_scan.py --clean-seeds 40; python benchmarks/bench_backdoor_scan.py "
+               "--clean-seeds 20 --first-clean-seed 40 --seeds 3 --first-seed 3")
 FALSE_POSITIVE_RATE: dict[tuple[str, ...], tuple[int, int]] = {
-    ("neural-cleanse",): (15, 40),
-    ("mm-bd",): (4, 40),
-    ("mm-bd", "neural-cleanse"): (4, 40),  # MM-BD decides
+    ("neural-cleanse",): (23, 60),
+    ("mm-bd",): (7, 60),
+    ("mm-bd", "neural-cleanse"): (7, 60),  # MM-BD decides
 }
 DETECTION_RATE: dict[tuple[str, ...], dict[str, tuple[int, int]]] = {
-    ("neural-cleanse",): {"badnets": (3, 3), "blended": (3, 3)},
-    ("mm-bd",): {"badnets": (2, 3), "blended": (3, 3)},  # the missed BadNets model: p 0.066
-    ("mm-bd", "neural-cleanse"): {"badnets": (2, 3), "blended": (3, 3)},
+    ("neural-cleanse",): {"badnets": (6, 6), "blended": (6, 6)},
+    ("mm-bd",): {"badnets": (3, 6), "blended": (6, 6)},  # missed: seeds 0 (p 0.066), 4 and 5
+    ("mm-bd", "neural-cleanse"): {"badnets": (3, 6), "blended": (6, 6)},
 }
 
 
