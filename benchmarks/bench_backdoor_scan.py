@@ -19,8 +19,8 @@ import json
 import time
 
 import torch
+from digits_halves import digits_halves
 
-from adverse.data import Dataset, digits
 from adverse.defenses import scan_backdoor
 from adverse.defenses.backdoor_scan import _decide
 from adverse.poisoning import backdoor_metrics, badnets, blended
@@ -39,10 +39,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tr, te = digits("train"), digits("test")
-    half = len(te) // 2
-    defender = Dataset(te.x[:half], te.y[:half], "defender", 10)
-    held = Dataset(te.x[half:], te.y[half:], "held-out", 10)
+    tr, _, defender, held = digits_halves()
+    half = len(defender)
     train_fn = recipe("digits-cnn")
     print(f"digits-cnn recipe; poison rate {args.rate}, target {args.target}; defender holds {half} clean test "
           f"images; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")

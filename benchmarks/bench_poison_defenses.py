@@ -16,8 +16,8 @@ import argparse
 import time
 
 import torch
+from digits_halves import digits_halves
 
-from adverse.data import Dataset, digits
 from adverse.defenses import activation_clustering, fine_pruning, neural_cleanse, spectral_signatures, strip
 from adverse.poisoning import backdoor_metrics, badnets, trainer
 from adverse.zoo import SmallCNN
@@ -31,10 +31,7 @@ def main() -> None:
     ap.add_argument("--nc-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tr, te = digits("train"), digits("test")
-    half = len(te) // 2
-    defender = Dataset(te.x[:half], te.y[:half], "defender", 10)
-    held = Dataset(te.x[half:], te.y[half:], "held-out", 10)
+    tr, _, defender, held = digits_halves()
 
     train_fn = trainer(SmallCNN, epochs=args.epochs)
 

@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 import torch
+from digits_halves import digits_halves
 from torch import nn
 
-from adverse.data import Dataset, digits
+from adverse.data import Dataset
 from adverse.defenses import activation_clustering, fine_pruning, spectral_signatures
 from adverse.defenses.poison_detection import prune_by_activation
 from adverse.poisoning import backdoor_metrics, badnets, detection_quality, trainer
@@ -88,10 +89,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write every row to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tr, te = digits("train"), digits("test")
-    half = len(te) // 2
-    defender = Dataset(te.x[:half], te.y[:half], "defender", 10)
-    held = Dataset(te.x[half:], te.y[half:], "held-out", 10)
+    tr, te, defender, held = digits_halves()
+    half = len(defender)
     train_fn = trainer(SmallCNN, epochs=args.epochs)
     if not args.no_art:
         import art
