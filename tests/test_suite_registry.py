@@ -132,6 +132,19 @@ def test_a_suites_needs_and_options_are_checked_before_any_work():
         adv.evaluation.audit(model, test, suites=["corruptions"], options={"corruptions": {"sevrity": 1}})
     with pytest.raises(InputError, match="unknown suite 'corruption'"):
         adv.evaluation.audit(model, test, options={"corruption": {}})
+    # each suite's options are checked before any suite runs (the evasion suite first would take minutes)
+    for suite, options, message in (
+            ("corruptions", {"corruptions": ["frost"]}, "frost' is left out"),
+            ("corruptions", {"severities": [0]}, "severities must be distinct integers in 1..5"),
+            ("backdoor-scan", {"methods": ["strip"]}, "methods must be a non-empty selection"),
+            ("dp-audit", {"canary": "dirac"}, "canary must be one of"),
+            ("dp-audit", {"n": 0}, "n must be an integer ≥ 1")):
+        calls = []
+        with pytest.raises(InputError, match=message):
+            adv.evaluation.audit(model, test, train_data=adv.data.digits("train"), recipe=lambda d, s: model,
+                                 suites=["evasion", suite], options={suite: options},
+                                 progress=lambda *a: calls.append(a))
+        assert calls == []  # refused before any work was reported
 
 
 def test_corruptions_baseline_gives_relative_mce_and_the_config_names_it(tmp_path):

@@ -414,6 +414,25 @@ def _check_name(name: Any, where: str) -> str:
     return name
 
 
+def check_selection(corruptions: Any, severities: Any, where: str = "corruptions") -> tuple[tuple[str, ...],
+                                                                                        tuple[int, ...]]:
+    """``corruptions`` (a name or names from :data:`CORRUPTIONS`, distinct) and ``severities`` (distinct integers
+    in 1..5) as tuples; an :class:`InputError` naming ``where`` and the fix otherwise."""
+    if isinstance(corruptions, str):
+        corruptions = (corruptions,)
+    if not isinstance(corruptions, (tuple, list)):
+        raise InputError(f"{where}: corruptions must be names from {', '.join(CORRUPTIONS)}, got {corruptions!r}")
+    names = tuple(_check_name(c, where) for c in corruptions)
+    if not names or len(set(names)) != len(names):
+        raise InputError(f"{where}: corruptions must be distinct names from {', '.join(CORRUPTIONS)}, got "
+                         f"{corruptions!r}")
+    sev = tuple(severities) if isinstance(severities, (tuple, list)) else (severities,)
+    if not sev or len(set(sev)) != len(sev) or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
+                                                    or not 1 <= s <= 5 for s in sev):
+        raise InputError(f"{where}: severities must be distinct integers in 1..5, got {severities!r}")
+    return names, tuple(int(s) for s in sev)
+
+
 def _check_images(x: Any, bounds: tuple[float, float], where: str, names: Sequence[str]) -> None:
     if not torch.is_tensor(x):
         raise InputError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}; use torch.as_tensor(x)")
@@ -589,17 +608,7 @@ def corruption_accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: torch.
     ICLR 2019 (mCE and relative mCE: section 3).
     """
     where = "corruption_accuracy"
-    if isinstance(corruptions, str):
-        corruptions = (corruptions,)
-    names = tuple(_check_name(c, where) for c in corruptions)
-    if not names or len(set(names)) != len(names):
-        raise InputError(f"{where}: corruptions must be distinct names from {', '.join(CORRUPTIONS)}, got "
-                         f"{corruptions!r}")
-    sev = tuple(severities) if isinstance(severities, (tuple, list)) else (severities,)
-    if not sev or len(set(sev)) != len(sev) or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
-                                                    or not 1 <= s <= 5 for s in sev):
-        raise InputError(f"{where}: severities must be distinct integers in 1..5, got {severities!r}")
-    sev = tuple(int(s) for s in sev)
+    names, sev = check_selection(corruptions, severities, where)
     _check_images(x, bounds, where, names)
     if not torch.is_tensor(y) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise InputError(f"{where}: y must be a 1-D integer tensor of {x.shape[0]} labels, got "

@@ -310,7 +310,8 @@ class _Counting(nn.Module):
         return out
 
 
-def _check_methods(methods: Any) -> tuple[str, ...]:
+def check_methods(methods: Any) -> tuple[str, ...]:
+    """``methods`` (a name or names from :data:`METHODS`) as a tuple without repeats; an InputError otherwise."""
     if isinstance(methods, str):
         methods = (methods,)
     if not isinstance(methods, (tuple, list)) or not methods or any(m not in METHODS for m in methods):
@@ -363,7 +364,7 @@ def scan_backdoor(
     """
     from .poison_detection import neural_cleanse
 
-    methods = _check_methods(methods)
+    methods = check_methods(methods)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     x_clean, y_clean = check_inputs(x_clean, y_clean, bounds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..defenses.backdoor_scan import METHODS, scan_backdoor
+from ..defenses.backdoor_scan import METHODS, check_methods, scan_backdoor
 from ..errors import InputError
 from . import html
 from . import schema as s
@@ -60,6 +60,13 @@ def backdoor_scan_suite(model: Any, data: Any, *, methods: Sequence[str] = METHO
 def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     return backdoor_scan_suite(ctx.model, ctx.data, n=ctx.take_n(options, backdoor_scan_suite), seed=ctx.seed, progress=ctx.progress,
                                **options)
+
+
+def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
+    """Before any suite's work: the methods and ``n`` are valid."""
+    check_methods(options.get("methods", METHODS))
+    if options.get("n") is not None:
+        check_int("n", options["n"], 1)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -139,5 +146,5 @@ SUITE = Suite(
     name="backdoor-scan", key="backdoor_scan", function=backdoor_scan_suite, run=_run,
     needs=frozenset({"white-box", "images"}), default=False,
     what="is this model backdoored (Neural Cleanse, MM-BD; clean data only)", samples=lambda result: result["n"],
-    section=_section, summary=_summary, schema=_schema, passed={"model", "data", "seed", "progress"},
+    section=_section, summary=_summary, schema=_schema, check=_check, passed={"model", "data", "seed", "progress"},
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..corruptions import CORRUPTIONS, SEVERITIES, corruption_accuracy
+from ..corruptions import CORRUPTIONS, SEVERITIES, check_selection, corruption_accuracy
 from ..errors import InputError
 from . import html
 from . import schema as s
@@ -65,6 +65,14 @@ def corruptions_suite(model: Callable[..., Any], data: Any, *, corruptions: Sequ
 def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     return corruptions_suite(ctx.model, ctx.data, n=ctx.take_n(options, corruptions_suite), seed=ctx.seed, batch_size=ctx.batch_size,
                              progress=ctx.progress, **options)
+
+
+def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
+    """Before any suite's work: the corruptions, severities and ``n`` are valid."""
+    check_selection(options.get("corruptions", CORRUPTIONS), options.get("severities", SEVERITIES),
+                    "the corruptions suite")
+    if options.get("n") is not None:
+        check_int("n", options["n"], 1)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -146,6 +154,6 @@ def _schema(full: bool) -> s.Check:
 SUITE = Suite(
     name="corruptions", key="corruptions", function=corruptions_suite, run=_run, needs=frozenset({"images"}),
     default=False, what="accuracy under common corruptions (noise, blur, weather, digital)",
-    samples=lambda result: result["n"], section=_section, summary=_summary, schema=_schema,
+    samples=lambda result: result["n"], section=_section, summary=_summary, schema=_schema, check=_check,
     passed={"model", "data", "seed", "batch_size", "progress"},
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import InputError
 from ..privacy.dp_audit import CANARY_KINDS, METHODS, audit_dp
 from . import html
 from . import schema as s
@@ -60,6 +61,15 @@ def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     for limit in (own, ctx.n):
         k = k if limit is None else min(k, limit)
     return dp_audit_suite(ctx.recipe, ctx.members, n=k, seed=ctx.seed, progress=ctx.progress, **options)
+
+
+def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
+    """Before any suite's work: the method, the canary kind and ``n`` are valid."""
+    for key, allowed in (("method", METHODS), ("canary", CANARY_KINDS)):
+        if key in options and options[key] not in allowed:
+            raise InputError(f"the dp-audit suite's {key} must be one of {', '.join(allowed)}, got {options[key]!r}")
+    if options.get("n") is not None:
+        check_int("n", options["n"], 1)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -124,5 +134,6 @@ def _schema(full: bool) -> s.Check:
 SUITE = Suite(
     name="dp-audit", key="dp_audit", function=dp_audit_suite, run=_run, needs=frozenset({"members", "recipe"}),
     default=False, what="an empirical lower bound on the recipe's DP ε (canaries)", samples=lambda r: r["n"],
-    section=_section, summary=_summary, schema=_schema, passed={"recipe", "train_data", "seed", "progress"},
+    section=_section, summary=_summary, schema=_schema, check=_check,
+    passed={"recipe", "train_data", "seed", "progress"},
 )
