@@ -130,12 +130,11 @@ def _insert_canaries(optimizer, canaries: GradientCanaries, sample_rate: float, 
         # one coin per canary per step, drawn for excluded canaries too: the stream does not depend on the coins
         hit = (torch.rand(len(included), generator=gen) < sample_rate) & included
         counts.add_(hit.long())
-        for k, p in enumerate(params):
-            sel = hit & (which == k)
-            if bool(sel.any()) and p.summed_grad is not None:
-                extra = torch.zeros(p.numel(), dtype=p.summed_grad.dtype)
-                extra[offset[sel]] = norm
-                p.summed_grad = p.summed_grad + extra.to(p.summed_grad.device).view_as(p.summed_grad)
+        for k in torch.unique(which[hit]).tolist():  # the parameters some sampled canary sits in
+            p = params[k]
+            if p.summed_grad is not None:  # offsets are distinct: one index write per canary, in place
+                at = offset[hit & (which == k)].to(p.summed_grad.device)
+                p.summed_grad.view(-1)[at] += norm
         add_noise()
 
     optimizer.add_noise = add_noise_with_canaries

@@ -385,13 +385,18 @@ def _one_run(recipe, train_data, m, k_plus, k_minus, kind, g, rng, progress):
     model = _train(recipe, data, int(rng.integers(0, 2**31 - 1)))
     if progress is not None:
         progress(1, 1)
-    scores = _scores(model, canaries)
-    # rank with ties broken at random: the k₊ highest are guessed "in", the k₋ lowest "out"
+    return (model, *_guess(_scores(model, canaries), include.numpy(), k_plus, k_minus, rng))
+
+
+def _guess(scores: np.ndarray, s: np.ndarray, k_plus: int, k_minus: int,
+           rng: np.random.Generator) -> tuple[int, dict[str, Any]]:
+    """The one-run audit's guesses: rank the canaries by score (ties broken at random), guess "in" for the k₊
+    highest and "out" for the k₋ lowest; the number of correct guesses against the coins ``s``, and the counts."""
+    m = len(s)
     order = np.lexsort((rng.random(m), -scores))
-    s = include.numpy()
     correct = int(s[order[:k_plus]].sum()) + int((~s[order[m - k_minus:]]).sum())
-    return model, correct, {"k_plus": k_plus, "k_minus": k_minus, "included": int(s.sum()),
-                            "score_gap": float(scores[s].mean() - scores[~s].mean()) if 0 < s.sum() < m else None}
+    return correct, {"k_plus": k_plus, "k_minus": k_minus, "included": int(s.sum()),
+                     "score_gap": float(scores[s].mean() - scores[~s].mean()) if 0 < s.sum() < m else None}
 
 
 def _one_run_gradient(recipe, train_data, m, k_plus, k_minus, g, rng, progress):
@@ -406,11 +411,7 @@ def _one_run_gradient(recipe, train_data, m, k_plus, k_minus, g, rng, progress):
     if progress is not None:
         progress(1, 1)
     scores = torch.as_tensor(scores).detach().cpu().double().numpy()
-    order = np.lexsort((rng.random(m), -scores))
-    s = include.numpy()
-    correct = int(s[order[:k_plus]].sum()) + int((~s[order[m - k_minus:]]).sum())
-    return model, correct, {"k_plus": k_plus, "k_minus": k_minus, "included": int(s.sum()),
-                            "score_gap": float(scores[s].mean() - scores[~s].mean()) if 0 < s.sum() < m else None}
+    return (model, *_guess(scores, include.numpy(), k_plus, k_minus, rng))
 
 
 def _best_threshold(out_scores: np.ndarray, in_scores: np.ndarray, confidence: float, delta: float) -> float:
