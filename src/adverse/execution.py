@@ -181,14 +181,11 @@ def gpus_for(task: Task, share: float = 1.0) -> float:
     payload = task.payload
     items = payload.values() if isinstance(payload, dict) else payload if isinstance(payload, (tuple, list)) \
         else (payload,)
-    for item in items:
-        if isinstance(item, torch.nn.Module):
-            first = next(iter(item.parameters()), None)
-            if first is None:
-                first = next(iter(item.buffers()), None)
-            if first is not None and first.device.type == "cuda":
-                return share
-    return 0.0
+    from .models import device_of
+
+    cuda = any(isinstance(item, torch.nn.Module) and getattr(device_of(item), "type", None) == "cuda"
+               for item in items)
+    return share if cuda else 0.0
 
 
 def _call(fn: Callable[[Task], Any], task: Task) -> Any:

@@ -240,6 +240,15 @@ class Autocast(LogitsOnly):
         return out.float()
 
 
+def device_of(model: nn.Module) -> torch.device | None:
+    """The device of a module's first parameter (else its first buffer); None for a module with neither."""
+    for tensors in (model.parameters(), model.buffers()):
+        first = next(iter(tensors), None)
+        if first is not None:
+            return first.device
+    return None
+
+
 def resolve_device(device: Any) -> torch.device:
     """``device`` ("auto", "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``) as a ``torch.device`` that exists
     here; "auto" is the first GPU, else Apple's MPS, else the CPU. An :class:`InputError` names the fix when the

@@ -520,7 +520,7 @@ def audit(
 
     from .. import __version__
     from ..execution import get_executor
-    from ..models import PRECISIONS, Autocast, BlackBox, as_classifier, base_model
+    from ..models import PRECISIONS, Autocast, BlackBox, as_classifier, base_model, device_of
     from ..streaming import Stream, as_data
     from ..threat import check_norm
     from .evasion_suite import predict_checked
@@ -615,7 +615,6 @@ def audit(
         if members is not None and isinstance(dataset, Stream):
             dataset.num_classes = dataset.num_classes or members.num_classes
 
-        param = None if black_box else next(iter(model.parameters()), None)
         ctx = SuiteContext(model=model, black_box=black_box, data=dataset, n=n, members=members, recipe=recipe,
                            norm=norm, eps=eps_list, seed=seed, batch_size=batch_size, executor=executor,
                            progress=report, part=lambda name, compute: compute())
@@ -623,7 +622,7 @@ def audit(
             suite = registry.get(name)
             if suite.check is not None:
                 suite.check(ctx, opts.get(name, {}))
-        device = param.device if param is not None else torch.device("cpu")
+        device = (None if black_box else device_of(model)) or torch.device("cpu")
         seconds: dict[str, float] = {"model": model_seconds}
         resumable = state_dir is not None or save_adv is not None
 
@@ -733,7 +732,7 @@ def _to_device(model: Any, device: str | None, black_box: bool) -> Any:
         return None
     import torch
 
-    from ..models import resolve_device
+    from ..models import device_of, resolve_device
 
     target = resolve_device(device)
     if black_box:
@@ -741,10 +740,7 @@ def _to_device(model: Any, device: str | None, black_box: bool) -> Any:
             raise InputError(f"device={device!r}: this model is a black box (it runs wherever its own code runs); "
                              "pass device='cpu' or leave it out")
         return None
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
-    before = first.device if first is not None else torch.device("cpu")
+    before = device_of(model) or torch.device("cpu")
     if before == target:
         return None
     model.to(target)

@@ -165,7 +165,7 @@ def check_precision(model: nn.Module, reduced: nn.Module, x: torch.Tensor, y: to
         r = pgd(m, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, seed=seed)
         grads = check_gradients(m, x, y)
         found[key] = {"robust_accuracy": float((~r.success).float().mean()),
-                      "clean_accuracy": float((_logits(m, x).argmax(1) == y).float().mean()),
+                      "clean_accuracy": r.clean_accuracy,  # from the attack's own clean pass
                       "zero_gradient_share": grads.evidence["share_zero"] + grads.evidence["share_nonfinite"]}
     name = getattr(reduced, "precision", "reduced")
     diff = found["reduced"]["robust_accuracy"] - found["fp32"]["robust_accuracy"]
