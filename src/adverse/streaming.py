@@ -118,14 +118,16 @@ class Stream:
     def __repr__(self) -> str:
         return f"Stream({self.name!r}, n={self._length})"
 
-    def _raw(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches as the source gives them (a map-style dataset from ``start``), unchecked."""
+    def _raw(self, start: int = 0, stop: int | None = None,
+             read: int = READ_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches as the source gives them (a map-style dataset from ``start``, ``read`` items at a time),
+        unchecked."""
         from torch.utils.data import DataLoader, Subset
 
         stop = self._length if stop is None else stop
         if self._mapped:
             part = self.source if start == 0 and stop == self._length else Subset(self.source, range(start, stop))
-            loader = DataLoader(part, batch_size=READ_BATCH, shuffle=False, num_workers=0)
+            loader = DataLoader(part, batch_size=read, shuffle=False, num_workers=0)
         elif self._loader:
             loader = self.source
         else:  # an iterable dataset: items one by one
@@ -171,13 +173,14 @@ class Stream:
         xs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
         held, done = 0, 0
-        for xb, yb in self._raw(0, stop if self._mapped else None):
+        for xb, yb in self._raw(0, stop if self._mapped else None, read=batch_size):
             xb, yb = self._check(xb, yb, done + held)
             xs.append(xb)
             ys.append(yb)
             held += xb.shape[0]
             while held >= batch_size or (held and done + held >= stop):
-                x, y = torch.cat(xs), torch.cat(ys)
+                # a map-style source is read in batches of this size: nothing to join then
+                x, y = (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
                 k = min(batch_size, stop - done)
                 yield done, done + k, x[:k], y[:k]
                 done += k
