@@ -651,45 +651,10 @@ def _run_audit(settings: dict[str, Any], loaded: dict[str, Any], out: Path, runn
 
 
 def _suite_lines(result: AuditResult) -> list[str]:
-    """One line per privacy, poisoning and certify suite that ran: its headline number."""
-    lines = []
-    if result.privacy:
-        rows = result.privacy.get("attacks", [])
-        if rows:
-            best = max(rows, key=lambda r: r.get("auc") or 0.0)
-            tpr = best.get("tpr_at_fpr", {}).get("0.01")
-            lines.append(f"Privacy: the strongest membership attack ({escape(best['attack'])}) reaches AUC "
-                         f"{best['auc']:.3f}" + (f", TPR {_pct(tpr)} at 1% FPR" if tpr is not None else "")
-                         + " (0.5 = no leak).")
-    if result.poisoning:
-        rows = result.poisoning.get("attacks", [])
-        if rows:
-            top = max(rows, key=lambda r: r.get("poison_rate", 0))
-            lines.append(f"Poisoning: BadNets with {_pct(top['poison_rate'])} of the training data poisoned "
-                         f"reaches {_pct(top['attack_success_rate'])} attack success, clean accuracy "
-                         f"{_pct(top.get('clean_accuracy') or 0)}.")
-    if result.certify:
-        for m in result.certify.get("methods", []):
-            rows = m.get("rows") or []
-            if rows:
-                key = "eps" if "eps" in rows[0] else "radius"
-                lines.append(f"Certified ({escape(str(m.get('method')))}): "
-                             + ", ".join(f"{_pct(r['certified_accuracy'])} at {key} {r[key]:.3g}" for r in rows))
-    if result.defense:
-        lines.append(f"Defense ({escape(str(result.defense['layer']['description']))}): "
-                     f"{escape(str(result.defense['verdict']))}")
-    import html
-    import re
+    """One line per suite (but evasion) that ran: its summary sentence, as the report writes it."""
+    from .evaluation.report import summary_lines
 
-    from .evaluation import suites
-
-    for name in result.suites:  # the suites that write their own summary line (HTML, shown here as text)
-        suite = suites.get(name)
-        found = result.sections.get(suite.key) if suite.key else None
-        line = suite.summary(found) if suite.summary is not None and found else None
-        if line:
-            lines.append(escape(html.unescape(re.sub(r"<[^>]+>", "", line))))
-    return lines
+    return [escape(line) for line in summary_lines(result.to_dict())]
 
 
 def _table(result: AuditResult) -> Any:

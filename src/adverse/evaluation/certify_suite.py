@@ -30,10 +30,11 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
+from . import html
 from .common import DEFAULT_EPS, ProgressFn, SuiteContext, check_int
 from .common import check_eps as check_budgets
 from .suites import Suite
@@ -228,8 +229,22 @@ def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
                          **options)
 
 
+def _summary(results: Mapping[str, Any]) -> str | None:
+    """Per method, the largest budget with a certified accuracy above 0, in words."""
+    out = []
+    for m in results.get("methods") or []:
+        rows = m.get("rows") or [] if isinstance(m, Mapping) else []
+        if rows:
+            key = "eps" if "eps" in rows[0] else "radius"
+            best = max(rows, key=lambda r: r[key] if r.get("certified_accuracy", 0) > 0 else -1)
+            out.append(f"<b>Certified ({html.escape(m.get('method'))}).</b> Proven correct on "
+                       f"{html.pct(best['certified_accuracy'])} of the samples against any perturbation up to "
+                       f"{html.escape(key)} {html.escape(html.num(best[key]))} ({html.escape(m.get('norm', ''))}).")
+    return " ".join(out) or None
+
+
 SUITE = Suite(
     name="certify", key="certify", function=certify_suite, run=_run, needs=frozenset({"white-box"}), default=True,
-    what="certified accuracy (IBP, randomized smoothing)", samples=lambda result: result["n"],
+    what="certified accuracy (IBP, randomized smoothing)", samples=lambda result: result["n"], summary=_summary,
     passed={"model", "data", "norm", "eps", "seed", "progress"},
 )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..validation import validated
+from . import html
 from .common import DEFAULT_EPS, ProgressFn, SuiteContext, json_safe
 from .suites import Suite
 
@@ -297,8 +298,17 @@ def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
                 retrain=options.get("retrain"))
 
 
+def _summary(results: Mapping[str, Any]) -> str | None:
+    """The defense's verdict, named by its layer."""
+    if not results.get("verdict"):
+        return None
+    layer = results.get("layer") or {}
+    return (f"<b>Defense ({html.escape(layer.get('description', layer.get('name', '')))}).</b> "
+            f"{html.escape(results['verdict'])}")
+
+
 SUITE = Suite(
     name="defense", key="defense", function=defense_suite, run=_run, check=_check, needs=frozenset(), default=False,
     what="a preprocessing defense against oblivious and adaptive attackers", samples=lambda result: result["n"],
-    passed={"model", "data", "train", "recipe", "norm", "eps", "seed", "progress"},
+    summary=_summary, passed={"model", "data", "train", "recipe", "norm", "eps", "seed", "progress"},
 )

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError
+from . import html
 from .common import ProgressFn, SuiteContext, check_int
 from .suites import Suite
 
@@ -285,8 +286,19 @@ def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     return poisoning_suite(ctx.recipe, ctx.members, test, seed=ctx.seed, progress=ctx.progress, **options)
 
 
+def _summary(results: Mapping[str, Any]) -> str | None:
+    """The backdoor at the largest poison rate: its attack success and the clean accuracy, in words."""
+    rows = [r for r in results.get("attacks") or [] if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    top = max(rows, key=lambda r: r.get("poison_rate", 0))
+    return (f"<b>Poisoning.</b> Retrained with {html.pct(top['poison_rate'])} of its training data poisoned by a "
+            f"BadNets trigger, the model sends {html.pct(top['attack_success_rate'])} of triggered inputs to the "
+            f"attacker's class while its clean accuracy is {html.pct(top.get('clean_accuracy'))}.")
+
+
 SUITE = Suite(
     name="poisoning", key="poisoning", function=poisoning_suite, run=_run, needs=frozenset({"members", "recipe"}),
     default=True, what="how easily the training can be backdoored, and whether the detectors find it",
-    samples=lambda result: result["config"]["n_test"], passed={"recipe", "train", "test", "seed", "progress"},
+    samples=lambda result: result["config"]["n_test"], summary=_summary, passed={"recipe", "train", "test", "seed", "progress"},
 )

@@ -21,12 +21,13 @@ the log-log figure) and any caveat, in the shape the report renders. Nothing is 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
+from . import html
 from .common import SuiteContext, json_safe, option_default
 from .suites import Suite
 
@@ -295,8 +296,21 @@ def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
                          progress=ctx.progress, n=k, **options)
 
 
+def _summary(results: Mapping[str, Any]) -> str | None:
+    """The strongest membership-inference attack's AUC and its TPR at 1 % FPR, in words."""
+    rows = [r for r in results.get("attacks") or [] if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r.get("auc") or 0.0)
+    tpr = (best.get("tpr_at_fpr") or {}).get("0.01")
+    return (f"<b>Privacy.</b> The strongest membership-inference attack ({html.escape(best['attack'])}) tells "
+            f"training points from unseen ones with AUC {html.escape(html.num(best.get('auc')))} (0.5 is a coin flip)"
+            + (f"; at a 1% false-positive rate it identifies {html.pct(tpr)} of the training points"
+               if tpr is not None else "") + ".")
+
+
 SUITE = Suite(
     name="privacy", key="privacy", function=privacy_suite, run=_run, needs=frozenset({"members"}), default=True,
-    what="membership inference and model inversion", samples=lambda result: result["config"]["n"],
+    what="membership inference and model inversion", samples=lambda result: result["config"]["n"], summary=_summary,
     passed={"model", "members", "nonmembers", "recipe", "seed", "executor", "progress"},
 )

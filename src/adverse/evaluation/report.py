@@ -64,9 +64,11 @@ eight rows are drawn.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -173,44 +175,21 @@ def _summary_section(results: Mapping[str, Any]) -> str:
 
 
 def _suite_summaries(results: Mapping[str, Any]) -> list[str]:
-    """A plain-language sentence per privacy, poisoning and certify suite that ran."""
+    """A plain-language sentence (HTML) per suite in ``results``, as each suite writes it (``Suite.summary``)."""
     out = []
-    privacy = results.get("privacy")
-    rows = privacy.get("attacks", []) if isinstance(privacy, Mapping) else []
-    if rows:
-        best = max(rows, key=lambda r: r.get("auc") or 0.0)
-        tpr = best.get("tpr_at_fpr", {}).get("0.01")
-        out.append(
-            f"<b>Privacy.</b> The strongest membership-inference attack ({_e(best['attack'])}) tells training "
-            f"points from unseen ones with AUC {_e(_num(best.get('auc')))} (0.5 is a coin flip)"
-            + (f"; at a 1% false-positive rate it identifies {_pct(tpr)} of the training points" if tpr is not None
-               else "") + ".")
-    poisoning = results.get("poisoning")
-    rows = poisoning.get("attacks", []) if isinstance(poisoning, Mapping) else []
-    if rows:
-        top = max(rows, key=lambda r: r.get("poison_rate", 0))
-        out.append(
-            f"<b>Poisoning.</b> Retrained with {_pct(top['poison_rate'])} of its training data poisoned by a BadNets "
-            f"trigger, the model sends {_pct(top['attack_success_rate'])} of triggered inputs to the attacker's "
-            f"class while its clean accuracy is {_pct(top.get('clean_accuracy'))}.")
-    certify = results.get("certify")
-    methods = certify.get("methods", []) if isinstance(certify, Mapping) else []
-    for m in methods:
-        rows = m.get("rows") or []
-        if rows:
-            key = "eps" if "eps" in rows[0] else "radius"
-            best = max(rows, key=lambda r: r[key] if r.get("certified_accuracy", 0) > 0 else -1)
-            out.append(f"<b>Certified ({_e(m.get('method'))}).</b> Proven correct on "
-                       f"{_pct(best['certified_accuracy'])} of the samples against any perturbation up to "
-                       f"{_e(key)} {_e(_num(best[key]))} ({_e(m.get('norm', ''))}).")
-    defense = results.get("defense")
-    if isinstance(defense, Mapping) and defense.get("verdict"):
-        out.append(f"<b>Defense ({_e(defense.get('layer', {}).get('name', ''))}).</b> {_e(defense['verdict'])}")
-    for key, suite in _own_sections(results):
-        line = suite.summary(results[key]) if suite.summary is not None else None
-        if line:
-            out.append(line)
+    for name in registry.NAMES:
+        key = registry.key_of(name)
+        suite = registry.get(name)
+        if key in results and isinstance(results[key], Mapping) and suite.summary is not None:
+            line = suite.summary(results[key])
+            if line:
+                out.append(line)
     return out
+
+
+def summary_lines(results: Mapping[str, Any]) -> list[str]:
+    """The suites' summary sentences as plain text (for the command line)."""
+    return [html.unescape(re.sub(r"<[^>]+>", "", line)) for line in _suite_summaries(results)]
 
 
 def _own_sections(results: Mapping[str, Any]) -> list[tuple[str, registry.Suite]]:
