@@ -139,10 +139,10 @@ class SuiteContext:
             check_int("n", own, 1)
         return own if self.n is None else self.n if own is None else min(own, self.n)
 
-    def bounded(self, own: int | None) -> int:
+    def bounded(self, own: int | None, data: Any = None) -> int:
         """How many samples a suite whose own limit is ``own`` (None: no limit) uses: at most ``n``, at most
-        ``own``, at most the data."""
-        k = len(self.data)
+        ``own``, at most the data (the test data, or ``data``, e.g. the members)."""
+        k = len(self.data if data is None else data)
         for limit in (own, self.n):
             if limit is not None:
                 k = min(k, limit)

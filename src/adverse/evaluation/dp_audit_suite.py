@@ -57,10 +57,7 @@ def dp_audit_suite(recipe: Any, train_data: Any, *, method: str = "one-run", can
 
 def _run(ctx: SuiteContext, **options: Any) -> dict[str, Any]:
     own = options.pop("n", option_default(dp_audit_suite, "n"))
-    k = len(ctx.members)
-    for limit in (own, ctx.n):
-        k = k if limit is None else min(k, limit)
-    return dp_audit_suite(ctx.recipe, ctx.members, n=k, seed=ctx.seed, progress=ctx.progress, **options)
+    return dp_audit_suite(ctx.recipe, ctx.members, n=ctx.bounded(own, ctx.members), seed=ctx.seed, progress=ctx.progress, **options)
 
 
 def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
