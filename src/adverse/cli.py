@@ -408,7 +408,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
             **{k: ev[k] for k in ("attacks", "check_n", "minimal_norm", "autoattack_n", "batch_size", "examples")
                if k in ev},
             **({"batch_size": args["batch_size"]} if args["batch_size"] is not None else {}),
-            **(protocol_options(eps, pick(args["n"], ev.get("n"), None)) if protocol is not None else {}),
+            **(protocol_options(eps) if protocol is not None else {}),
             "device": device, "precision": precision,
             **({"options": {k: cfg[k] for k in SUITE_TABLES if k in cfg and k != "defense"}}
                if any(k in cfg for k in SUITE_TABLES if k != "defense") else {}),

@@ -421,7 +421,7 @@ def audit(
     recipe: Callable[[Any, int], Any] | None = None,
     minimal_norm: bool = True,
     autoattack: str | None = "fast",
-    autoattack_n: int = 100,
+    autoattack_n: int | None = 100,
     examples: bool = True,
     privacy: Mapping[str, Any] | None = None,
     poisoning: Mapping[str, Any] | None = None,
@@ -478,7 +478,7 @@ def audit(
         enables reference models (LiRA, RMIA), the poisoning suite and the transfer check.
     minimal_norm : compute the minimal-norm curve (FMN, 100 steps) in the evasion suite.
     autoattack : "fast" (APGD-CE + APGD-T), "standard" (the full AutoAttack) or None: confirm the robust
-        accuracy at the checks' eps on the first ``autoattack_n`` points.
+        accuracy at the checks' eps on the first ``autoattack_n`` points (None: every audited point).
     examples : keep PGD adversarial examples of the first 8 images for the report (image data only).
     privacy, poisoning, certify : keyword options of :func:`~adverse.evaluation.privacy_suite.privacy_suite`,
         :func:`~adverse.evaluation.poisoning_suite.poisoning_suite` and

@@ -129,7 +129,7 @@ def evasion_suite(
     check_n: int = 100,
     minimal_norm: bool = True,
     autoattack: str | None = "fast",
-    autoattack_n: int = 100,
+    autoattack_n: int | None = 100,
     examples: bool = True,
     save_adv: Any = None,
 ) -> dict[str, Any]:
@@ -257,7 +257,7 @@ def evasion_suite(
         config["minimal_norm"] = {"attack": "fmn", "steps": 100}
         samples["minimal_norm"] = total_n
     if autoattack is not None:
-        k = min(autoattack_n, total_n)
+        k = total_n if autoattack_n is None else min(autoattack_n, total_n)
         what = f"AutoAttack ({autoattack}) at eps {check_eps:g} on {k} points"
         report(what, 0, 1)
         mn = out["minimal_norm"]
@@ -286,7 +286,7 @@ def _check(ctx: SuiteContext, options: Mapping[str, Any]) -> None:
     names = check_attacks(options.get("attacks", DEFAULT_ATTACKS))
     check_steps(options.get("steps"))
     for k in ("check_n", "autoattack_n"):
-        if k in options:
+        if k in options and not (k == "autoattack_n" and options[k] is None):
             check_int(k, options[k], 1)
     if options.get("autoattack", "fast") not in ("fast", "standard", None):
         raise InputError(f"autoattack must be 'fast', 'standard' or None, got {options['autoattack']!r}")

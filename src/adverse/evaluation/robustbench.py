@@ -38,13 +38,13 @@ CAVEATS = (
 )
 
 
-def protocol_options(eps: list[float], n: int | None) -> dict[str, Any]:
+def protocol_options(eps: list[float]) -> dict[str, Any]:
     """The audit settings of the protocol: one budget; standard AutoAttack on every point the audit selects (all,
     or the first ``n``); no minimal-norm curve (AutoAttack decides alone); the checks as asked."""
     if len(eps) != 1:
         raise InputError(f"--protocol robustbench evaluates one budget, got --eps {','.join(f'{e:g}' for e in eps)}; "
                          "pass one, e.g. --eps 8/255")
-    return {"autoattack": "standard", "autoattack_n": n if n is not None else 2**62, "minimal_norm": False}
+    return {"autoattack": "standard", "autoattack_n": None, "minimal_norm": False}
 
 
 def _pct(x: float | None) -> str | None:
