@@ -662,10 +662,14 @@ def audit(
         for k in registry.NAMES:
             if k in suite_list and k != "evasion" and k in given:
                 config[registry.key_of(k)] = json_value(opts[k])
-        key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items() if o != "save_adv"}
-                                           for k in suite_list}, recipe=repr(recipe),
-                          members=None if members is None else _update(hashlib.sha256(), members.x, members.y).hexdigest())
-        state = _Checkpoint(state_dir, _fingerprint(user_model, digest.hexdigest(), key_config))
+        key = ""  # the fingerprint names saved work: computed (hashing the training data too) only when saving
+        if resumable:
+            key_config = dict(config, options={k: {o: repr(v) for o, v in opts.get(k, {}).items()
+                                                   if o != "save_adv"} for k in suite_list}, recipe=repr(recipe),
+                              members=None if members is None
+                              else _update(hashlib.sha256(), members.x, members.y).hexdigest())
+            key = _fingerprint(user_model, digest.hexdigest(), key_config)
+        state = _Checkpoint(state_dir, key)
 
         def part(name: str, compute: Callable[[], Any]) -> Any:
             """A finished part from the state, or computed and saved; its compute time goes to ``seconds``."""
