@@ -226,24 +226,36 @@ def _run(s: QuerySetup, tr: Tracker, idx: Tensor, share: int, p_init: float, los
     f_best = objective(z, rows)
     robust = ~tr.update(idx, x_best, s.is_adversarial(z.argmax(dim=1), idx))
 
+    # the samples still attacked, kept as a compact working set: gathered again only when one leaves
+    act = rows[robust & (s.left(idx) > 0)]
+    at, xa, xb, fa, ea, la, ua = idx[act], x[act], x_best[act], f_best[act], eps[act], None, None
+    if s.norm == "linf":
+        la, ua = lower[act], upper[act]
     for it in range(share - 1):
-        act = rows[robust & (s.left(idx) > 0)]
         if act.numel() == 0:
             break
         p = p_selection(p_init, it, share)
-        xa, xb = x[act], x_best[act]
         if s.norm == "linf":
-            x_new = _linf_proposal(xa, xb, eps[act], lower[act], upper[act], p, g)
+            x_new = _linf_proposal(xa, xb, ea, la, ua, p, g)
         else:
-            x_new = _l2_proposal(xa, xb, eps[act], p, g, lo, hi)
-        z = s.scores(x_new, idx[act])
+            x_new = _l2_proposal(xa, xb, ea, p, g, lo, hi)
+        z = s.scores(x_new, at)
         f = objective(z, act)
-        adv = s.is_adversarial(z.argmax(dim=1), idx[act])
-        better = (f > f_best[act]) | adv
-        f_best[act] = torch.where(better, f, f_best[act])
-        x_best[act] = torch.where(batch_view(better, xb), x_new, xb)
-        now = tr.update(idx[act], x_best[act], adv)
-        robust[act] = ~now
+        adv = s.is_adversarial(z.argmax(dim=1), at)
+        better = (f > fa) | adv
+        fa = torch.where(better, f, fa)
+        xb = torch.where(batch_view(better, xb), x_new, xb)
+        leave = adv | (s.left(at) <= 0)
+        if bool(leave.any()):
+            f_best[act], x_best[act] = fa, xb
+            tr.update(at[leave], xb[leave], adv[leave])
+            keep = ~leave
+            act, at, xa, xb, fa, ea = act[keep], at[keep], xa[keep], xb[keep], fa[keep], ea[keep]
+            if s.norm == "linf":
+                la, ua = la[keep], ua[keep]
+    if act.numel():
+        f_best[act], x_best[act] = fa, xb
+        tr.update(at, xb, torch.zeros_like(at, dtype=torch.bool))
 
 
 def _signs(shape: tuple[int, ...], g: torch.Generator, like: Tensor) -> Tensor:

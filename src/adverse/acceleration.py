@@ -1,0 +1,196 @@
+"""Cheaper passes for long attacks: the memory layout and compiled gradient-free forward passes, each used only
+where it was measured faster on the caller's model and inputs.
+
+A long evaluation such as AutoAttack spends nearly all of its time in the model's passes, and on a CPU the
+default way of running them is not always the fastest: convolutions and pooling often run faster on
+``channels_last`` tensors, and ``torch.compile`` fuses the element-wise work around them. Neither is faster for
+every model (a compiled backward pass can be slower than the eager one), so :func:`accelerated` times the
+candidates on the caller's batch and keeps a choice only where it is at least ``min_speedup`` faster:
+
+1. the layout, by the time of a forward+backward pass (the white-box attacks' pass) plus a forward pass (the
+   score-based queries' and the checks'), neither of which may get slower;
+2. a compiled copy for the passes made without gradients (score-based queries, checks of iterates), by the
+   time of one forward pass. Passes with gradients always run the model itself.
+
+Compiling costs seconds, so ``mode="auto"`` compiles only where the forward passes the run may make add up to
+at least :data:`COMPILE_PAYBACK_S` seconds. Whatever is decided is recorded in :class:`Plan`, with the timings it
+rests on; a compiler that fails leaves the model as it was and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+MODES = ("auto", "on", "off")
+COMPILE_PAYBACK_S = 60.0  # auto mode compiles when the run's forward passes may take this long
+LAYOUT_PAYBACK_S = 5.0  # auto mode times the layouts when the run's passes may take this long
+MIN_SPEEDUP = 1.15  # what compiling must gain to be used in auto mode
+LAYOUT_SPEEDUP = 1.05  # what channels_last must gain (a forward and a forward+backward pass together)
+
+
+@dataclass
+class Plan:
+    """What :func:`accelerated` chose and why: the layout, whether gradient-free passes are compiled, the
+    per-sample times it measured (ms) and the seconds spent measuring and compiling."""
+
+    layout: str = "contiguous"
+    compiled: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layout": self.layout, "compiled": self.compiled,
+                "timings_ms": {k: round(v, 4) for k, v in self.timings_ms.items()},
+                "notes": list(self.notes), "seconds": round(self.seconds, 3)}
+
+
+class Accelerated(nn.Module):
+    """``model`` with its inputs in ``channels_last`` (when asked) and its gradient-free forward passes run by
+    ``fast`` (a compiled copy; None: the model itself). Passes with gradients always run ``model``."""
+
+    def __init__(self, model: nn.Module, fast: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.fast = fast
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.fast is not None and not torch.is_grad_enabled():
+            return self.fast(x)
+        return self.model(x)
+
+
+def check_mode(mode: Any) -> str:
+    if mode is True:
+        return "on"
+    if mode is False or mode is None:
+        return "off"
+    if mode not in MODES:
+        raise InputError(f"compile must be one of {', '.join(MODES)} (or True/False), got {mode!r}; "
+                         "'auto' compiles only where it was measured faster")
+    return mode
+
+
+def _per_sample_ms(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
+    """The median time of ``fn`` over ``repeats`` calls after one warm-up call, in ms per sample."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3 / n
+
+
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+def _forward_backward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        v = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = model(v)
+            (g,) = torch.autograd.grad(out.float().logsumexp(dim=1).sum(), v)
+        return g
+    return run
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@contextlib.contextmanager
+def _layout(model: nn.Module, channels_last: bool) -> Iterator[None]:
+    """The model's 4-d parameters and buffers in ``channels_last`` for the duration; the original tensors are
+    put back on exit (the same objects, so nothing the caller holds changes)."""
+    if not channels_last:
+        yield
+        return
+    saved = [(t, t.data) for t in list(model.parameters()) + list(model.buffers()) if t.dim() == 4]
+    try:
+        for t, data in saved:
+            t.data = data.contiguous(memory_format=torch.channels_last)
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
+
+
+@contextlib.contextmanager
+def accelerated(model: nn.Module, x: torch.Tensor, *, mode: str = "auto", passes: float = 0.0,
+                min_speedup: float = MIN_SPEEDUP) -> Iterator[tuple[nn.Module, Plan]]:
+    """The model to attack with, and the :class:`Plan` behind it.
+
+    ``model`` must be in attack mode (eval, parameters frozen: :func:`adverse.models.attack_mode`) and return
+    logits; ``x`` is a batch of the inputs it will see (a slice of at most 128 is timed). ``passes``: how many
+    per-sample forward passes the run may make (e.g. Square's queries times the points), which ``mode="auto"``
+    weighs against the cost of measuring and compiling. ``mode="on"`` times the layouts and compiles whatever the
+    estimate, and uses the compiled passes even where they were not faster (the timings say so); ``"off"`` changes
+    nothing.
+    """
+    mode = check_mode(mode)
+    plan = Plan()
+    if mode == "off":
+        yield model, plan
+        return
+    t_start = time.perf_counter()
+    xs = x[: min(x.shape[0], 128)].detach()
+    n = xs.shape[0]
+    fwd = _per_sample_ms(_forward(model, xs), n)
+    plan.timings_ms["forward"] = fwd
+    run_s = fwd * passes / 1e3
+    channels_last = False
+    if x.dim() == 4 and has_convolutions(model) and (mode == "on" or run_s >= LAYOUT_PAYBACK_S):
+        fb = _per_sample_ms(_forward_backward(model, xs), n)
+        xc = xs.contiguous(memory_format=torch.channels_last)
+        with _layout(model, True):
+            fb_cl = _per_sample_ms(_forward_backward(model, xc), n)
+            fwd_cl = _per_sample_ms(_forward(model, xc), n)
+        plan.timings_ms.update(forward_backward=fb, forward_channels_last=fwd_cl,
+                               forward_backward_channels_last=fb_cl)
+        # a pass with gradients and one without, the mix of a long attack: neither may get slower
+        channels_last = (fb + fwd) / (fb_cl + fwd_cl) >= LAYOUT_SPEEDUP and fb_cl <= fb * LAYOUT_SPEEDUP
+    with _layout(model, channels_last):
+        plan.layout = "channels_last" if channels_last else "contiguous"
+        xl = xs.contiguous(memory_format=torch.channels_last) if channels_last else xs
+        if channels_last:
+            fwd = plan.timings_ms["forward_channels_last"]
+        fast = None
+        if mode == "on" or run_s >= COMPILE_PAYBACK_S:
+            try:
+                compiled = torch.compile(model, dynamic=True)
+                fwd_c = _per_sample_ms(_forward(compiled, xl), n)
+            except Exception as e:  # noqa: BLE001 - any compiler failure leaves the model as it was
+                plan.notes.append(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                  "the model runs uncompiled")
+            else:
+                plan.timings_ms["forward_compiled"] = fwd_c
+                if mode == "on" or fwd / fwd_c >= min_speedup:
+                    fast = compiled
+                else:
+                    plan.notes.append(f"compiled forward passes were not faster ({fwd_c:.4f} vs {fwd:.4f} ms "
+                                      "per sample); the model runs uncompiled")
+        elif mode == "auto":
+            plan.notes.append(f"not compiled: the run's forward passes take about {run_s:.0f} s, under the "
+                              f"{COMPILE_PAYBACK_S:.0f} s that pay for compiling")
+        plan.compiled = fast is not None
+        plan.seconds = time.perf_counter() - t_start
+        yield Accelerated(model, fast, channels_last), plan

@@ -1,0 +1,120 @@
+"""Cheaper passes (adverse.acceleration): the layout and compiled forward passes change no answer, put the model
+back as it was, fall back on a failing compiler, and AutoAttack records and confirms what they did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adverse.acceleration import Accelerated, accelerated, check_mode
+from adverse.errors import InputError
+from adverse.evasion import autoattack
+from adverse.models import attack_mode
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 4)).eval()
+
+
+def _data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def test_off_changes_nothing():
+    model, (x, _) = _cnn(), _data()
+    with attack_mode(model), accelerated(model, x, mode="off") as (fast, plan):
+        assert fast is model
+        assert plan.to_dict() == {"layout": "contiguous", "compiled": False, "timings_ms": {}, "notes": [],
+                                  "seconds": 0.0}
+
+
+def test_auto_does_not_compile_a_short_run():
+    model, (x, _) = _cnn(), _data()
+    with attack_mode(model), accelerated(model, x, mode="auto", passes=1000) as (fast, plan):
+        assert not plan.compiled and plan.layout == "contiguous"  # too short to time the layouts either
+        assert "pay for compiling" in plan.notes[0]
+        assert torch.equal(fast(x), model(x))
+
+
+def test_channels_last_gives_the_same_answers_and_puts_the_model_back():
+    model, (x, y) = _cnn(), _data()
+    before = [(p, p.data.clone(), p.data.is_contiguous()) for p in model.parameters()]
+    with attack_mode(model):
+        with torch.no_grad():
+            ref = model(x)
+        v = x.clone().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad(nn.functional.cross_entropy(model(v), y), v)
+        fast = Accelerated(model, channels_last=True)
+        from adverse.acceleration import _layout
+
+        with _layout(model, True):
+            assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                out = fast(x)
+            v = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(nn.functional.cross_entropy(fast(v), y), v)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+    for (p, data, contiguous), q in zip(before, model.parameters()):
+        assert p is q and torch.equal(q.data, data) and q.data.is_contiguous() == contiguous
+
+
+def test_compiled_forward_passes_match_and_gradient_passes_run_the_model():
+    model, (x, y) = _cnn(), _data()
+    with attack_mode(model), accelerated(model, x, mode="on") as (fast, plan):
+        if not plan.compiled:  # a machine without a working compiler: the reason is recorded
+            assert plan.notes, plan
+            pytest.skip(f"torch.compile unavailable here: {plan.notes}")
+        assert "forward_compiled" in plan.timings_ms and plan.seconds > 0
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x[:7]), model(x[:7]), rtol=1e-5, atol=1e-5)  # another batch size
+        v = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(fast(v), y), v)
+        w = x.clone().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad(nn.functional.cross_entropy(model(w), y), w)
+        assert torch.equal(g, g_ref)  # passes with gradients never go through the compiled copy
+
+
+def test_a_failing_compiler_leaves_the_model_as_it_was(monkeypatch):
+    def broken(*_, **__):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, (x, _) = _cnn(), _data()
+    with attack_mode(model), accelerated(model, x, mode="on") as (fast, plan):
+        assert not plan.compiled
+        assert plan.notes == ["torch.compile failed (RuntimeError: no C++ compiler); the model runs uncompiled"]
+        with torch.no_grad():
+            assert torch.equal(fast(x), model(x))
+
+
+@pytest.mark.parametrize("bad", ["fast", 1, "ON", 0.5])
+def test_bad_mode_names_the_argument(bad):
+    with pytest.raises(InputError, match="compile must be one of auto, on, off"):
+        check_mode(bad)
+    model, (x, y) = _cnn(), _data(8)
+    with pytest.raises(InputError, match="compile"):
+        autoattack(model, x, y, eps=0.1, compile=bad, attacks=["apgd-ce"])
+
+
+def test_autoattack_records_the_plan_and_finds_the_same_points(digits_cnn_at, digits_test):
+    """A forced compile, with one attack of each kind (gradient and score-based), fools the points the uncompiled
+    run fools on the PGD-trained digits CNN, and every point it fooled is confirmed by the model itself."""
+    x, y = digits_test.x[:40], digits_test.y[:40]
+    kw = dict(eps=0.2, attacks=["apgd-ce", "square"], square_queries=200, checks=False)
+    off = autoattack(digits_cnn_at, x, y, compile="off", **kw)
+    on = autoattack(digits_cnn_at, x, y, compile="on", **kw)
+    assert off.params["acceleration"]["compiled"] is False and "unconfirmed" not in off.params["acceleration"]
+    acc = on.params["acceleration"]
+    assert set(acc) >= {"layout", "compiled", "timings_ms", "notes", "seconds"}
+    if not acc["compiled"]:
+        pytest.skip(f"torch.compile unavailable here: {acc['notes']}")
+    assert acc["unconfirmed"] == 0
+    assert 0 < int((on.success & on.clean_correct).sum()) < int(on.clean_correct.sum())
+    assert torch.equal(on.success, off.success)
+    with torch.no_grad():
+        assert bool((digits_cnn_at(on.x_adv[on.success]).argmax(1) != y[on.success]).all())
