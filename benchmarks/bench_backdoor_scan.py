@@ -9,7 +9,8 @@ alone and for the scan's combined rule, the detection rate (backdoored models fl
 the false-positive rate (clean models flagged at all).
 
 Usage: ``python benchmarks/bench_backdoor_scan.py --clean-seeds 10`` (``--json FILE`` also writes every scan;
-``--first-clean-seed`` / ``--first-seed`` start the clean / backdoored seeds elsewhere than 0, for fresh models).
+``--first-clean-seed`` / ``--first-seed`` start the clean / backdoored seeds elsewhere than 0, for fresh models;
+``--summarize A.json B.json ...`` prints the summary of scans written earlier, pooled, without training anything).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from digits_halves import digits_halves
 
 from adverse.defenses import scan_backdoor
-from adverse.defenses.backdoor_scan import _decide
+from adverse.defenses.backdoor_scan import SIZE_RATIO, _decide
 from adverse.poisoning import backdoor_metrics, badnets, blended
 from adverse.zoo import recipe, train_with
 
@@ -37,15 +38,25 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                    help="print the pooled summary of scans written earlier with --json, and train nothing")
     args = ap.parse_args()
+    if args.summarize:
+        rows = []
+        for name in args.summarize:
+            with open(name) as f:
+                rows += json.load(f)
+        print(f"{len(rows)} stored scans from {', '.join(args.summarize)}")
+        summary(rows)
+        return
     torch.set_num_threads(args.threads)
     tr, _, defender, held = digits_halves()
     half = len(defender)
     train_fn = recipe("digits-cnn")
     print(f"digits-cnn recipe; poison rate {args.rate}, target {args.target}; defender holds {half} clean test "
           f"images; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"{'model':<12} {'seed':>4} {'acc':>5} {'ASR':>5}  {'verdict':<36} {'NC flags':<9} {'NC max AI':>9} "
-          f"{'MM-BD top':>9} {'MM-BD p':>8} {'s':>5}")
+    print(f"{'model':<12} {'seed':>4} {'acc':>5} {'ASR':>5}  {'verdict':<36} {'NC ratio':>8} {'NC flags':<9} "
+          f"{'NC max AI':>9} {'MM-BD top':>9} {'MM-BD p':>8} {'s':>5}")
     jobs = [("clean", s) for s in range(args.first_clean_seed, args.first_clean_seed + args.clean_seeds)]
     jobs += [(kind, s) for kind in ("badnets", "blended") for s in range(args.first_seed, args.first_seed + args.seeds)]
     rows = []
@@ -66,7 +77,8 @@ def main() -> None:
             d["nc_l1"] for d in r.per_class)[len(r.per_class) // 2])
         rows.append({"kind": kind, "seed": seed, "target": target, "accuracy": acc, "asr": asr, "seconds": sec,
                      "scan": r.to_dict()})
-        print(f"{kind:<12} {seed:>4} {acc:>5.3f} {asr:>5.2f}  {r.verdict:<36} {r.flagged['neural-cleanse']!s:<9} "
+        print(f"{kind:<12} {seed:>4} {acc:>5.3f} {asr:>5.2f}  {r.verdict:<36} "
+              f"{r.details['neural-cleanse']['size_ratio']:>8.3f} {r.flagged['neural-cleanse']!s:<9} "
               f"{ai:>9.1f} {r.details['mm-bd']['target']:>9d} {r.p_value:>8.2g} {sec:>5.0f}", flush=True)
     summary(rows)
     if args.json:
@@ -75,15 +87,17 @@ def main() -> None:
 
 
 def _rules(scan: dict) -> dict[str, tuple[bool, int | None]]:
-    """(suspected, target) of a stored scan under each rule: the scan's own rule for each method alone and for
-    both (where MM-BD decides), and three other ways of combining them, for comparison."""
+    """(suspected, target) of a stored scan under each rule: the scan's verdict (Neural Cleanse's trigger-size
+    ratio), the papers' own rules (Neural Cleanse's anomaly index, MM-BD's p-value), and three ways of combining
+    the last two, for comparison. Scans stored before the ratio existed are judged from their per-class norms."""
     f, pc, det = scan["flagged"], scan["per_class"], scan["details"]
-    out = {}
-    for name, methods in [("Neural Cleanse alone", ("neural-cleanse",)),
-                          ("MM-BD alone = the scan's verdict", ("neural-cleanse", "mm-bd"))]:
-        suspected, target, _ = _decide({m: f[m] for m in methods}, pc, methods, det)
-        out[name] = (suspected, target)
-    nc, mm = out["Neural Cleanse alone"], out["MM-BD alone = the scan's verdict"]
+    threshold = det.get("neural-cleanse", {}).get("size_ratio_threshold", SIZE_RATIO)
+    out = {f"NC size ratio < {threshold:g} = the scan's verdict":
+           _decide(f, pc, ("neural-cleanse", "mm-bd"), det)[:2]}
+    flags = f["neural-cleanse"]
+    nc = (bool(flags), max(flags, key=lambda c: pc[c]["nc_anomaly_index"]) if flags else None)
+    out["NC anomaly index > 2 (the paper's)"] = nc
+    mm = out["MM-BD p < 0.05 (the paper's)"] = _decide({"mm-bd": f["mm-bd"]}, pc, ("mm-bd",), det)[:2]
     top = det["mm-bd"]["target"]
     both = sorted(set(f["neural-cleanse"]) & set(f["mm-bd"]))
     out["(other) both flag the same class"] = (bool(both), both[0] if both else None)
@@ -106,7 +120,7 @@ def summary(rows: list[dict]) -> None:
                 hits += suspected and (kind == "clean" or target == r["target"])
             what = "false positives" if kind == "clean" else "detected, right target"
             parts.append(f"{kind} {hits}/{len(sel)} {what}")
-        print(f"{name:<40} " + "; ".join(parts))
+        print(f"{name:<44} " + "; ".join(parts))
     secs = sorted(r["seconds"] for r in rows)
     nc = sorted(r["scan"]["seconds"]["neural-cleanse"] for r in rows)
     mm = sorted(r["scan"]["seconds"]["mm-bd"] for r in rows)

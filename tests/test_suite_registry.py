@@ -80,7 +80,7 @@ def test_the_new_suites_run_in_an_audit_and_validate(audited, tmp_path):
     assert all(0 <= a <= 1 for row in c["accuracy"].values() for a in row.values())
     assert c["severity_mean"]["5"] <= c["severity_mean"]["1"] <= c["clean_accuracy"] + 1e-9
     scan = r.backdoor_scan
-    assert len(scan["per_class"]) == 10 and scan["verdict"] and scan["false_positive_rate"]["scanned"] == 60
+    assert len(scan["per_class"]) == 10 and scan["verdict"] and scan["false_positive_rate"]["scanned"] == 100
     dp = r.dp_audit
     assert dp["epsilon_lower"] >= 0 and dp["method"] == "one-run" and dp["claimed_epsilon"] is None
     d = r.to_dict()
