@@ -8,8 +8,8 @@ setting, and prints one markdown row per model:
 - robust accuracy of both, and the share of points on which they agree;
 - wall time of both and their ratio (ours ÷ reference), measured in one run;
 - ours ÷ floor: our time ÷ (our passes × one pass's time), where a pass is timed on the model as given (a
-  forward+backward pass for each backward pass counted, a forward pass for each other forward pass), at the
-  batch size of the points attacked; the acceleration adverse chose (``params["acceleration"]``) and the time per
+  forward+backward pass for each backward pass counted, a forward pass for each other forward pass and each of
+  Square's queries), at the batch size of the points attacked; the acceleration adverse chose (``params["acceleration"]``) and the time per
   member attack.
 
 Models:
@@ -144,13 +144,14 @@ def main() -> int:
         work = x[ours.clean_correct]
         with attack_mode(model):
             t_f, t_fb = _pass_times(model, work, y[ours.clean_correct])
-        floor = ours.backwards * t_fb + (ours.forwards - ours.backwards) * t_f
+        floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f
         ref_acc = f"{float(ref_robust.float().mean()):.2%}" if ref_robust is not None else "–"
         agree = f"{float((ours_robust == ref_robust).float().mean()):.2%}" if ref_robust is not None else "–"
         print(f"| {name} | {len(y)} | {eps:.4g} | {ours.clean_accuracy:.2%} | {ours.robust_accuracy:.2%} | {ref_acc} "
               f"| {agree} | {t_ours:.1f} | {t_ref:.1f} | {t_ours / t_ref:.3f} | {t_ours / floor:.3f} |", flush=True)
         details.append(
-            f"{name}: passes {ours.forwards} forward, {ours.backwards} backward (one pass as given: "
+            f"{name}: passes {ours.forwards} forward, {ours.backwards} backward, {ours.queries} Square queries "
+            f"(one pass as given: "
             f"{1e3 * t_f:.4f} ms forward, {1e3 * t_fb:.4f} ms forward+backward per sample; floor {floor:.1f} s); "
             f"acceleration {ours.params['acceleration']}; per attack: " + "; ".join(
                 f"{p['attack']} → {p['robust_accuracy']:.2%} ({p['seconds']:.1f} s)" for p in ours.params["per_attack"]))

@@ -3,11 +3,16 @@ back as it was, fall back on a failing compiler, and AutoAttack records and conf
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from adverse.acceleration import Accelerated, accelerated, check_mode
+from adverse.cli import app
+from adverse.evaluation.schema import validate_results
 from adverse.errors import InputError
 from adverse.evasion import autoattack
 from adverse.models import attack_mode
@@ -118,3 +123,20 @@ def test_autoattack_records_the_plan_and_finds_the_same_points(digits_cnn_at, di
     assert torch.equal(on.success, off.success)
     with torch.no_grad():
         assert bool((digits_cnn_at(on.x_adv[on.success]).argmax(1) != y[on.success]).all())
+
+
+def test_cli_compile_on_is_recorded_in_results_and_report(tmp_path):
+    """``--compile on`` reaches AutoAttack; results.json carries the plan (schema-checked), the report says it."""
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["audit", "--n", "20", "--eps", "0.1", "--steps", "3", "--suites", "evasion",
+                                 "--no-checks", "--compile", "on", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads((out / "results.json").read_text())
+    validate_results(d)
+    acc = d["autoattack"]["acceleration"]
+    assert acc["layout"] in ("contiguous", "channels_last") and isinstance(acc["compiled"], bool)
+    assert "forward" in acc["timings_ms"]
+    assert "AutoAttack ran with inputs in" in (out / "report.html").read_text()
+    bad = dict(d, autoattack=dict(d["autoattack"], acceleration=dict(acc, layout="sideways")))
+    with pytest.raises(Exception, match="layout"):
+        validate_results(bad)

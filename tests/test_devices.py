@@ -105,6 +105,7 @@ def test_cli_device_batch_size_precision_and_fraction_budgets(tmp_path):
     (["--eps", "8/255/2"], "is not a number or a fraction"),
     (["--batch-size", "0"], "--batch-size"),
     (["--precision", "fp8"], "--precision must be fp32, bf16 or fp16"),
+    (["--compile", "fast"], "--compile must be auto, on or off"),
 ])
 def test_bad_device_precision_batch_size_and_eps_exit_2(tmp_path, args, message):
     r = CliRunner().invoke(app, ["audit", *args, "--out", str(tmp_path / "o")])

@@ -148,6 +148,10 @@ def audit(
         str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast for the model; losses and "
                                  "bookkeeping in fp32; a check compares with fp32).", show_default="fp32"),
     ] = None,
+    compile: Annotated[
+        str | None, typer.Option("--compile", help="auto, on or off: AutoAttack's channels_last and torch.compile, "
+                                 "each used where measured faster on this model.", show_default="auto"),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads for torch (at most 4 × the CPUs).",
                                       show_default="torch's")
@@ -382,6 +386,9 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
     precision = pick(args["precision"], cfg.get("precision"), "fp32")
     if precision not in ("fp32", "bf16", "fp16"):
         raise AdverseError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
+    compile_mode = pick(args["compile"], ev.get("compile"), "auto")
+    if compile_mode not in ("auto", "on", "off"):
+        raise AdverseError(f"--compile must be auto, on or off, got {compile_mode!r}")
     normalize = {k: _parse_values(f"--{k}", args[k]) if args[k] is not None else mdl.get(k) for k in ("mean", "std")}
     return {
         "out": pick(args["out"], cfg.get("out"), "adverse-audit"),
@@ -409,7 +416,7 @@ def _settings(args: dict[str, Any]) -> dict[str, Any]:
                if k in ev},
             **({"batch_size": args["batch_size"]} if args["batch_size"] is not None else {}),
             **(protocol_options(eps) if protocol is not None else {}),
-            "device": device, "precision": precision,
+            "device": device, "precision": precision, "compile": compile_mode,
             **({"options": {k: cfg[k] for k in SUITE_TABLES if k in cfg and k != "defense"}}
                if any(k in cfg for k in SUITE_TABLES if k != "defense") else {}),
             **_defense_options(args["defense"], cfg.get("defense")),

@@ -35,6 +35,7 @@ with the list of known ones, so a typo never silently falls back to a default::
     minimal_norm = true
     autoattack = "fast"            # "standard", "fast" or "off"
     autoattack_n = 100
+    compile = "auto"               # AutoAttack's channels_last / torch.compile where measured faster: "on", "off"
     batch_size = 256
     save_adv = false               # write every adversarial example to OUT/adversarial (as --save-adv does)
 
@@ -76,7 +77,7 @@ DATA = {"test": str, "train": str, "recipe": str, "label_column": (str, int), "i
         "center_crop": int}
 EVASION = {"eps": (list, float, int), "norm": str, "n": int, "steps": (int, dict), "attacks": list, "checks": bool,
            "check_n": int, "minimal_norm": bool, "autoattack": str, "autoattack_n": int, "batch_size": int,
-           "examples": bool, "save_adv": bool}
+           "examples": bool, "save_adv": bool, "compile": str}
 SUITE_TABLES = tuple(n for n in NAMES if n != "evasion")  # a table of options per suite
 TABLES = {"model": MODEL, "data": DATA, "evasion": EVASION, **{t: None for t in SUITE_TABLES}}
 PATH_KEYS = {("model", "file"), ("data", "test"), ("data", "train")}

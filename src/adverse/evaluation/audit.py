@@ -434,6 +434,7 @@ def audit(
     progress: ProgressFn | None = None,
     device: str | None = None,
     precision: str = "fp32",
+    compile: str = "auto",
 ) -> AuditResult:
     """Audit ``model`` on ``data``: how robust it is (evasion), how private (privacy), how easily its training
     can be backdoored (poisoning), and what can be proven (certify).
@@ -502,6 +503,9 @@ def audit(
         the audit also runs :func:`adverse.evaluation.checks.check_precision` (PGD robust accuracy in both
         precisions on up to 64 points, and zero-gradient shares): a warning in ``checks`` when they differ by more
         than 1 pp, or when fp16 gradients underflow.
+    compile : AutoAttack's cheaper passes, "auto" (default: ``channels_last`` and ``torch.compile`` where each was
+        measured faster on this model), "on" or "off" (:func:`adverse.acceleration.accelerated`); what was chosen
+        is in the AutoAttack result's ``acceleration``.
     executor : where the attack batches and reference models run: None / "local" (in-process), "ray", or an
         executor object from :mod:`adverse.execution` (e.g. ``RayExecutor(address=...)``). Every batch gets
         ``seed``, so the numbers do not depend on the executor.
@@ -536,10 +540,12 @@ def audit(
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if recipe is not None and not callable(recipe):
         raise InputError(f"recipe must be a callable recipe(dataset, seed) -> model, got {type(recipe).__name__}")
+    from ..acceleration import check_mode  # imports torch: not at import time (the CLI's --help stays fast)
+
     given = _suite_options(options, privacy=privacy, poisoning=poisoning, certify=certify, defense=defense)
     given["evasion"] = {"attacks": attacks, "steps": steps, "checks": checks, "check_n": check_n,
                         "minimal_norm": minimal_norm, "autoattack": autoattack, "autoattack_n": autoattack_n,
-                        "examples": examples, "save_adv": save_adv}
+                        "examples": examples, "save_adv": save_adv, "compile": check_mode(compile)}
     opts = {name: check_options(name, registry.get(name).function, o, registry.get(name).passed)
             for name, o in given.items()}
     executor = get_executor(executor)

@@ -94,15 +94,16 @@ def robust_at(norms: Sequence[float | None], eps: float) -> np.ndarray:
 def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                             bounds: tuple[float, float], version: str = "fast", seed: int = 0,
                             curve_robust: np.ndarray | None = None, fixed_robust: np.ndarray | None = None,
-                            margin: float = 0.02, progress: Callable[[str, int, int], None] | None = None
-                            ) -> dict[str, Any]:
+                            margin: float = 0.02, progress: Callable[[str, int, int], None] | None = None,
+                            compile: str = "auto") -> dict[str, Any]:
     """AutoAttack at ``eps`` on ``x, y``, compared with the robust accuracy the minimal-norm curve
     (``curve_robust``, per sample) and the fixed-eps attacks (``fixed_robust``) claim on the same points.
 
     ``version``: "standard" (APGD-CE, APGD-T, FAB-T, Square: Croce & Hein's reference) or "fast" (APGD-CE and
     APGD-T only). The status is "warn" when AutoAttack fools more than a ``margin`` share of the points that the
     audit's own attacks left robust (the audit's numbers over-estimate robustness), else "pass".
-    ``progress(attack, done, total)`` is AutoAttack's, called as each of its attacks starts.
+    ``progress(attack, done, total)`` is AutoAttack's, called as each of its attacks starts. ``compile`` is
+    AutoAttack's (:func:`adverse.acceleration.accelerated`); what it chose is in ``acceleration``.
 
     References
     ----------
@@ -115,12 +116,13 @@ def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         raise InputError(f"autoattack version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {version!r}")
     kw: dict[str, Any] = {"version": "standard"} if version == "standard" else {"attacks": list(FAST_ATTACKS)}
     started = time.perf_counter()
-    r = autoattack(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, checks=False, progress=progress, **kw)
+    r = autoattack(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, checks=False, progress=progress,
+                   compile=compile, **kw)
     aa_robust = (r.clean_correct & ~r.success).cpu().numpy()
     out: dict[str, Any] = {
         "version": version, "eps": float(eps), "n": int(x.shape[0]), "robust_accuracy": float(aa_robust.mean()),
         "attacks": list(r.params.get("attacks", [])), "per_attack": r.params.get("per_attack"),
-        "forwards": r.forwards, "backwards": r.backwards,
+        "forwards": r.forwards, "backwards": r.backwards, "acceleration": r.params["acceleration"],
     }
     claims = {}
     if curve_robust is not None:

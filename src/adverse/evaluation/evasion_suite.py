@@ -132,6 +132,7 @@ def evasion_suite(
     autoattack_n: int | None = 100,
     examples: bool = True,
     save_adv: Any = None,
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Run the evasion suite in an audit (see :func:`adverse.evaluation.audit.audit` for every option).
 
@@ -268,7 +269,7 @@ def evasion_suite(
             return autoattack_confirmation(
                 model, first.x, first.y, eps=check_eps, norm=norm, bounds=bounds, version=autoattack, seed=seed,
                 curve_robust=curve, fixed_robust=~fooled[("worst-case", check_eps)][:k],
-                progress=lambda attack, done, total: report(what, done, total))
+                progress=lambda attack, done, total: report(what, done, total), compile=compile)
 
         out["autoattack"] = ctx.part("autoattack", confirm)
         config["autoattack"] = {"version": autoattack, "eps": check_eps, "n": k}

@@ -250,7 +250,21 @@ def _curves_section(results: Mapping[str, Any], figs: _Figures) -> str:
     if isinstance(aa, Mapping) and aa.get("message"):
         cls = "warnbox" if aa.get("status") == "warn" else "okbox"
         text += f"<p class='{cls}'>{_e(aa['message'])}.</p>"
+    if isinstance(aa, Mapping) and isinstance(aa.get("acceleration"), Mapping):
+        text += f"<p>{_e(acceleration_in_words(aa['acceleration']))}</p>"
     return f"<section id='curves'><h2>Robust accuracy against ε</h2>{text}{img}</section>"
+
+
+def acceleration_in_words(acc: Mapping[str, Any]) -> str:
+    """How AutoAttack's passes ran (:func:`adverse.acceleration.accelerated`), in one sentence."""
+    how = [f"inputs in {'channels_last' if acc.get('layout') == 'channels_last' else 'the default'} layout"]
+    how.append("gradient-free passes compiled with torch.compile" if acc.get("compiled") else "no compiled passes")
+    text = "AutoAttack ran with " + " and ".join(how)
+    if acc.get("compiled"):
+        text += (f"; the model itself confirmed the points they fooled ({_num(acc.get('unconfirmed', 0))} not "
+                 "confirmed, counted robust)")
+    notes = [n for n in acc.get("notes", []) if isinstance(n, str)]
+    return text + (f" ({'; '.join(notes)})" if notes else "") + "."
 
 
 def _evidence(evidence: Any) -> str:

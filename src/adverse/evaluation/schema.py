@@ -302,6 +302,9 @@ def _minimal_norm(full: bool) -> Check:
 
 def _autoattack(full: bool) -> Check:
     claim = fields({"robust_accuracy": (FRACTION, "O"), "missed": (COUNT, "O")}, full)
+    acceleration = fields({"layout": (one_of(("contiguous", "channels_last")), "R"), "compiled": (BOOLEAN, "R"),
+                           "timings_ms": (map_of(NONNEG), "O"), "notes": (list_of(_str), "O"),
+                           "seconds": (NONNEG, "O"), "unconfirmed": (COUNT, "O")}, full)
 
     def check(v: Any, p: tuple) -> None:
         fields({"version": (_str, "O"), "eps": (BUDGET, "O"), "n": (integer(1), "O"),
@@ -309,7 +312,8 @@ def _autoattack(full: bool) -> Check:
                 "per_attack": (either(list_of(_obj), NULL), "O"), "forwards": (COUNT, "O"),
                 "backwards": (COUNT, "O"), "minimal_norm": (claim, "O"), "fixed_eps": (claim, "O"),
                 "combined_robust_accuracy": (FRACTION, "O"), "missed": (COUNT, "O"),
-                "status": (one_of(("pass", "warn")), "O"), "message": (_str, "O"), "seconds": (NONNEG, "O")},
+                "status": (one_of(("pass", "warn")), "O"), "message": (_str, "O"), "seconds": (NONNEG, "O"),
+                "acceleration": (acceleration, "O")},
                full)(v, p)
         if "robust_accuracy" in v and "eps" not in v:
             raise _Bad((*p, "eps"), "is missing (the report draws AutoAttack's robust accuracy at its eps)",
