@@ -11,18 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..defenses.backdoor_scan import METHODS, check_methods, scan_backdoor
+from ..defenses.backdoor_scan import METHODS, SIZE_RATIO, check_methods, scan_backdoor
 from ..errors import InputError
 from . import html
 from . import schema as s
 from .common import ProgressFn, SuiteContext, check_int
 from .suites import Suite
 
-DEFAULT_N = 200
+DEFAULT_N = 270  # the clean images the scan's false-positive and detection rates were measured with
 
 
 def backdoor_scan_suite(model: Any, data: Any, *, methods: Sequence[str] = METHODS, n: int | None = DEFAULT_N,
-                        nc_steps: int = 300, nc_threshold: float = 2.0, starts: int = 30, mm_steps: int = 300,
+                        nc_steps: int = 300, nc_threshold: float = 2.0, size_ratio: float = SIZE_RATIO,
+                        starts: int = 30, mm_steps: int = 300,
                         significance: float = 0.05, seed: int = 0,
                         progress: ProgressFn | None = None) -> dict[str, Any]:
     """Scan ``model`` for a backdoor with the first ``n`` clean images of ``data``.
@@ -33,7 +34,8 @@ def backdoor_scan_suite(model: Any, data: Any, *, methods: Sequence[str] = METHO
     data : an :class:`adverse.data.Dataset` or a streamed :class:`adverse.streaming.Stream` of clean images.
     methods : "neural-cleanse" and/or "mm-bd".
     n : clean images Neural Cleanse optimizes its triggers on (MM-BD needs only their shape).
-    nc_steps, nc_threshold, starts, mm_steps, significance : as in :func:`adverse.defenses.scan_backdoor`.
+    nc_steps, nc_threshold, size_ratio, starts, mm_steps, significance : as in
+        :func:`adverse.defenses.scan_backdoor`.
     seed : the optimizations' randomness.
     progress : ``progress(description, done, total)``.
 
@@ -51,7 +53,7 @@ def backdoor_scan_suite(model: Any, data: Any, *, methods: Sequence[str] = METHO
     k = len(data) if n is None else min(check_int("n", n, 1), len(data))
     part = data.take(k)
     result = scan_backdoor(model, part.x, part.y, methods=methods, num_classes=data.num_classes, nc_steps=nc_steps,
-                           nc_threshold=nc_threshold, starts=starts, mm_steps=mm_steps, significance=significance,
+                           nc_threshold=nc_threshold, size_ratio=size_ratio, starts=starts, mm_steps=mm_steps, significance=significance,
                            bounds=tuple(part.bounds), seed=seed,
                            progress=None if progress is None else lambda d, t: progress("backdoor scan", d, t))
     return {**result.to_dict(), "n": k}
