@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from adverse.acceleration import forward_backward_pass, forward_pass, per_sample_ms
 from adverse.data import Dataset, digits
 from adverse.defenses import adversarial_training
 from adverse.evasion.ensemble import autoattack
@@ -78,28 +78,6 @@ def resnet_case(epochs: int, n: int) -> tuple[str, torch.nn.Module, torch.Tensor
     print(f"cifar-resnet18-w16: PGD-3 adversarial training at 8/255, {epochs} epochs on 1257 upsampled digits, "
           f"{time.perf_counter() - t0:.0f} s")
     return "cifar-resnet18-w16", net.eval(), test.x[:n], test.y[:n], 16 / 255
-
-
-def _pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
-    """Seconds per sample of one forward pass and one forward+backward pass, on the model as given."""
-    def fwd() -> None:
-        with torch.no_grad():
-            model(x)
-
-    def fb() -> None:
-        v = x.clone().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(v), y), v)
-
-    out = []
-    for fn in (fwd, fb):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out.append(statistics.median(times) / x.shape[0])
-    return out[0], out[1]
 
 
 def main() -> int:
@@ -143,7 +121,8 @@ def main() -> int:
         # the floor: every counted pass at the model-as-given's speed, timed on the points the attacks worked on
         work = x[ours.clean_correct]
         with attack_mode(model):
-            t_f, t_fb = _pass_times(model, work, y[ours.clean_correct])
+            t_f = per_sample_ms(forward_pass(model, work), len(work)) / 1e3
+            t_fb = per_sample_ms(forward_backward_pass(model, work), len(work)) / 1e3
         floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f
         ref_acc = f"{float(ref_robust.float().mean()):.2%}" if ref_robust is not None else "–"
         agree = f"{float((ours_robust == ref_robust).float().mean()):.2%}" if ref_robust is not None else "–"

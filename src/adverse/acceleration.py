@@ -88,7 +88,7 @@ def check_mode(mode: Any) -> str:
     return mode
 
 
-def _per_sample_ms(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
+def per_sample_ms(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
     """The median time of ``fn`` over ``repeats`` calls after one warm-up call, in ms per sample."""
     fn()
     times = []
@@ -99,14 +99,17 @@ def _per_sample_ms(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
     return statistics.median(times) * 1e3 / n
 
 
-def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+def forward_pass(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+    """One forward pass of ``x`` without gradients, as a function of nothing (for :func:`per_sample_ms`)."""
     def run() -> Any:
         with torch.no_grad():
             return model(x)
     return run
 
 
-def _forward_backward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+def forward_backward_pass(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+    """One forward and one backward pass of ``x`` (the input gradient of a scalar of the logits), as a function of
+    nothing (for :func:`per_sample_ms`)."""
     def run() -> Any:
         v = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -157,16 +160,16 @@ def accelerated(model: nn.Module, x: torch.Tensor, *, mode: str = "auto", passes
     t_start = time.perf_counter()
     xs = x[: min(x.shape[0], 128)].detach()
     n = xs.shape[0]
-    fwd = _per_sample_ms(_forward(model, xs), n)
+    fwd = per_sample_ms(forward_pass(model, xs), n)
     plan.timings_ms["forward"] = fwd
     run_s = fwd * passes / 1e3
     channels_last = False
     if x.dim() == 4 and has_convolutions(model) and (mode == "on" or run_s >= LAYOUT_PAYBACK_S):
-        fb = _per_sample_ms(_forward_backward(model, xs), n)
+        fb = per_sample_ms(forward_backward_pass(model, xs), n)
         xc = xs.contiguous(memory_format=torch.channels_last)
         with _layout(model, True):
-            fb_cl = _per_sample_ms(_forward_backward(model, xc), n)
-            fwd_cl = _per_sample_ms(_forward(model, xc), n)
+            fb_cl = per_sample_ms(forward_backward_pass(model, xc), n)
+            fwd_cl = per_sample_ms(forward_pass(model, xc), n)
         plan.timings_ms.update(forward_backward=fb, forward_channels_last=fwd_cl,
                                forward_backward_channels_last=fb_cl)
         # a pass with gradients and one without, the mix of a long attack: neither may get slower
@@ -181,7 +184,7 @@ def accelerated(model: nn.Module, x: torch.Tensor, *, mode: str = "auto", passes
         if mode == "on" or run_s >= COMPILE_PAYBACK_S:
             try:
                 compiled = torch.compile(model, dynamic=True)
-                fwd_c = _per_sample_ms(_forward(compiled, xl), n)
+                fwd_c = per_sample_ms(forward_pass(compiled, xl), n)
             except Exception as e:  # noqa: BLE001 - any compiler failure leaves the model as it was
                 plan.notes.append(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                                   "the model runs uncompiled")
