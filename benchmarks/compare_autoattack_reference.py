@@ -5,12 +5,14 @@ Runs the reference ``AutoAttack`` of Croce & Hein (fra31/auto-attack, ``version=
 ``adverse.evasion.autoattack(version="standard")`` on the same model and points, one after the other, same thread
 setting, and prints one markdown row per model:
 
-- robust accuracy of both, and the share of points on which they agree;
+- robust accuracy of both, and the share of points on which they agree, for adverse in each ``--precision`` (fp32:
+  every pass in float32; bf16: the attacks search under bf16 autocast and every point they fool is confirmed by the
+  model in float32, ``autoattack(precision="bf16")``);
 - wall time of both and their ratio (ours ÷ reference), measured in one run;
 - ours ÷ floor: our time ÷ (our passes × one pass's time), where a pass is timed on the model as given (a
   forward+backward pass for each backward pass counted, a forward pass for each other forward pass and each of
-  Square's queries), at the batch size of the points attacked; the acceleration adverse chose (``params["acceleration"]``) and the time per
-  member attack.
+  Square's queries), at the batch size of the points attacked, in the precision adverse searched in; the
+  acceleration adverse chose (``params["acceleration"]``) and the time per member attack.
 
 Models:
 
@@ -42,7 +44,7 @@ from adverse.acceleration import forward_backward_pass, forward_pass, per_sample
 from adverse.data import Dataset, digits
 from adverse.defenses import adversarial_training
 from adverse.evasion.ensemble import autoattack
-from adverse.models import attack_mode
+from adverse.models import Autocast, attack_mode
 from adverse.zoo import pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -87,6 +89,8 @@ def main() -> int:
     ap.add_argument("--n-resnet", type=int, default=64, help="first n test points for the ResNet")
     ap.add_argument("--resnet-epochs", type=int, default=5)
     ap.add_argument("--compile", default="auto", help="adverse's compile mode: auto, on or off")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
+                    help="adverse's search precision(s), each run and compared with the same reference run")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,9 +104,9 @@ def main() -> int:
         else:
             te = digits("test")
             cases.append((name, pretrained(name), te.x[: args.n_digits], te.y[: args.n_digits], 0.2))
-    print("| model | n | eps | clean | adverse robust acc | reference robust acc | agree | adverse s | reference s "
-          "| adverse ÷ reference | adverse ÷ floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | n | eps | precision | clean | adverse robust acc | reference robust acc | agree | adverse s "
+          "| reference s | adverse ÷ reference | adverse ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     details = []
     for name, model, x, y, eps in cases:
         t_ref, ref_robust = float("nan"), None
@@ -114,26 +118,32 @@ def main() -> int:
                 t_ref = time.perf_counter() - t0
                 with torch.no_grad():
                     ref_robust = model(x_ref).argmax(1) == y
-        t0 = time.perf_counter()
-        ours = autoattack(model, x, y, eps=eps, norm="linf", version="standard", seed=0, compile=args.compile)
-        t_ours = time.perf_counter() - t0
-        ours_robust = ~ours.success
-        # the floor: every counted pass at the model-as-given's speed, timed on the points the attacks worked on
-        work = x[ours.clean_correct]
-        with attack_mode(model):
-            t_f = per_sample_ms(forward_pass(model, work), len(work)) / 1e3
-            t_fb = per_sample_ms(forward_backward_pass(model, work), len(work)) / 1e3
-        floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f
-        ref_acc = f"{float(ref_robust.float().mean()):.2%}" if ref_robust is not None else "–"
-        agree = f"{float((ours_robust == ref_robust).float().mean()):.2%}" if ref_robust is not None else "–"
-        print(f"| {name} | {len(y)} | {eps:.4g} | {ours.clean_accuracy:.2%} | {ours.robust_accuracy:.2%} | {ref_acc} "
-              f"| {agree} | {t_ours:.1f} | {t_ref:.1f} | {t_ours / t_ref:.3f} | {t_ours / floor:.3f} |", flush=True)
-        details.append(
-            f"{name}: passes {ours.forwards} forward, {ours.backwards} backward, {ours.queries} Square queries "
-            f"(one pass as given: "
-            f"{1e3 * t_f:.4f} ms forward, {1e3 * t_fb:.4f} ms forward+backward per sample; floor {floor:.1f} s); "
-            f"acceleration {ours.params['acceleration']}; per attack: " + "; ".join(
-                f"{p['attack']} → {p['robust_accuracy']:.2%} ({p['seconds']:.1f} s)" for p in ours.params["per_attack"]))
+        for precision in args.precision:
+            t0 = time.perf_counter()
+            ours = autoattack(model, x, y, eps=eps, norm="linf", version="standard", seed=0, compile=args.compile,
+                              precision=precision)
+            t_ours = time.perf_counter() - t0
+            ours_robust = ~ours.success
+            # the floor: every counted pass at the model-as-given's speed (in the search precision), timed on the
+            # points the attacks worked on
+            work = x[ours.clean_correct]
+            searched = model if precision == "fp32" else Autocast(model, precision)
+            with attack_mode(model):
+                t_f = per_sample_ms(forward_pass(searched, work), len(work)) / 1e3
+                t_fb = per_sample_ms(forward_backward_pass(searched, work), len(work)) / 1e3
+            floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f
+            ref_acc = f"{float(ref_robust.float().mean()):.2%}" if ref_robust is not None else "–"
+            agree = f"{float((ours_robust == ref_robust).float().mean()):.2%}" if ref_robust is not None else "–"
+            print(f"| {name} | {len(y)} | {eps:.4g} | {precision} | {ours.clean_accuracy:.2%} | "
+                  f"{ours.robust_accuracy:.2%} | {ref_acc} | {agree} | {t_ours:.1f} | {t_ref:.1f} | "
+                  f"{t_ours / t_ref:.3f} | {t_ours / floor:.3f} |", flush=True)
+            details.append(
+                f"{name}, {precision}: passes {ours.forwards} forward, {ours.backwards} backward, {ours.queries} "
+                f"Square queries (one pass as given: {1e3 * t_f:.4f} ms forward, {1e3 * t_fb:.4f} ms "
+                f"forward+backward per sample; floor {floor:.1f} s); acceleration {ours.params['acceleration']}; "
+                "per attack: " + "; ".join(
+                    f"{p['attack']} → {p['robust_accuracy']:.2%} ({p['seconds']:.1f} s)"
+                    for p in ours.params["per_attack"]))
     print("\n" + "\n\n".join(details))
     return 0
 

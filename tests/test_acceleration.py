@@ -140,3 +140,62 @@ def test_cli_compile_on_is_recorded_in_results_and_report(tmp_path):
     bad = dict(d, autoattack=dict(d["autoattack"], acceleration=dict(acc, layout="sideways")))
     with pytest.raises(Exception, match="layout"):
         validate_results(bad)
+
+
+class _TwoPixels(nn.Module):
+    """Logits = (x₀, x₁, −1, −1) for a 1×1×2 image: class 1 wins by x₁ − x₀ (four classes, as DLR needs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 4)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([0.0, 0.0, -1.0, -1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_a_reduced_precision_search_never_reports_a_false_adversarial():
+    """Oracle: x = (0.5, 0.5 + 2⁻¹⁰) is class 1 by a margin of 2⁻¹⁰ in fp32, and no perturbation of L∞ size 10⁻⁴
+    changes that (the margin can shrink by 2·10⁻⁴ at most). In bf16 both pixels round to 0.5, a tie that argmax
+    gives to class 0, so every attack of the bf16 search "fools" every point; the fp32 confirmation must undo all
+    of them: robust accuracy 1, and the unconfirmed finds counted per attack."""
+    model = _TwoPixels().eval()
+    x = torch.tensor([[0.5, 0.5 + 2 ** -10]]).repeat(6, 1).reshape(6, 1, 1, 2)
+    y = torch.ones(6, dtype=torch.long)
+    kw = dict(eps=1e-4, attacks=["apgd-ce", "apgd-t", "fab-t", "square"], square_queries=20, checks=False,
+              compile="off")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bool((model(x).float().argmax(1) == 0).all())  # the premise: bf16 gets every point wrong
+    fp32 = autoattack(model, x, y, **kw)
+    bf16 = autoattack(model, x, y, precision="bf16", **kw)
+    assert fp32.robust_accuracy == 1.0 and bf16.robust_accuracy == 1.0
+    assert not bool(bf16.success.any()) and torch.equal(bf16.x_adv, x)
+    per = bf16.params["per_attack"]
+    assert [p["unconfirmed"] for p in per] == [6, 6, 6, 6] and all(p["fooled"] == 0 for p in per)
+    assert bf16.params["acceleration"]["precision"] == "bf16"
+    assert bf16.params["acceleration"]["unconfirmed"] == 24
+    assert "unconfirmed" not in fp32.params["acceleration"]
+
+
+def test_bf16_search_on_the_pgd_trained_cnn_is_confirmed_and_as_strong(digits_cnn_at, digits_test):
+    """On the PGD-trained digits CNN, AutoAttack searching in bf16 reaches fp32's robust accuracy within 2 of 60
+    points (measured on four slices of 60: 0, 2, 0 and 0 apart), and every point it reports is misclassified by the
+    fp32 model."""
+    x, y = digits_test.x[:60], digits_test.y[:60]
+    kw = dict(eps=0.2, attacks=["apgd-ce", "apgd-t"], n_target_classes=3, checks=False, compile="off")
+    fp32 = autoattack(digits_cnn_at, x, y, **kw)
+    bf16 = autoattack(digits_cnn_at, x, y, precision="bf16", **kw)
+    assert abs(int(bf16.success.sum()) - int(fp32.success.sum())) <= 2
+    assert 0 < int(bf16.success.sum()) < int(bf16.clean_correct.sum())
+    with torch.no_grad():
+        assert bool((digits_cnn_at(bf16.x_adv[bf16.success]).argmax(1) != y[bf16.success]).all())
+    assert torch.equal(bf16.clean_correct, fp32.clean_correct)  # the clean pass is fp32's
+
+
+@pytest.mark.parametrize("bad", ["int8", "fp64", "BF16"])
+def test_bad_precision_names_the_argument(bad):
+    model, (x, y) = _cnn(), _data(8)
+    with pytest.raises(InputError, match="precision must be one of fp32, bf16, fp16"):
+        autoattack(model, x, y, eps=0.1, precision=bad, attacks=["apgd-ce"])

@@ -81,3 +81,21 @@ def test_bad_protocol_use_exits_2(tmp_path, args, message):
     r = CliRunner().invoke(app, ["audit", *args, "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and message in r.output.replace("\n", " "), r.output
     assert not (tmp_path / "o" / "robustbench.json").exists()
+
+
+def test_a_bf16_search_is_confirmed_in_fp32_and_says_so(tmp_path):
+    """``--precision bf16`` under the protocol: AutoAttack searches in bf16 and every point it reports fooled is
+    misclassified by the fp32 model; the entry records the precision, adds the caveat, and takes the clean accuracy
+    from AutoAttack's fp32 clean pass."""
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["audit", "--protocol", "robustbench", "--n", "24", "--eps", "0.1", "--threads",
+                                 "1", "--precision", "bf16", "--no-checks", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    results = json.loads((out / "results.json").read_text())
+    info = json.loads((out / "robustbench.json").read_text())
+    aa = results["autoattack"]
+    assert aa["acceleration"]["precision"] == "bf16" and aa["acceleration"]["unconfirmed"] >= 0
+    ev = info["evaluation"]
+    assert ev["precision"] == "bf16" and len(ev["caveats"]) == len(CAVEATS) + 1 and "bf16" in ev["caveats"][-1]
+    assert info["clean_acc"] == f"{100 * aa['per_attack'][0]['attacked'] / 24:.2f}"
+    assert "searching in bf16 autocast" in (out / "report.html").read_text()

@@ -502,7 +502,8 @@ def audit(
         (:class:`adverse.models.Autocast`) with losses, projections and bookkeeping in float32. With bf16 or fp16
         the audit also runs :func:`adverse.evaluation.checks.check_precision` (PGD robust accuracy in both
         precisions on up to 64 points, and zero-gradient shares): a warning in ``checks`` when they differ by more
-        than 1 pp, or when fp16 gradients underflow.
+        than 1 pp, or when fp16 gradients underflow. AutoAttack searches in that precision and confirms every
+        point it fools in fp32 (``autoattack(precision=...)``).
     compile : AutoAttack's cheaper passes, "auto" (default: ``channels_last`` and ``torch.compile`` where each was
         measured faster on this model), "on" or "off" (:func:`adverse.acceleration.accelerated`); what was chosen
         is in the AutoAttack result's ``acceleration``.

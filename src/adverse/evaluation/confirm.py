@@ -103,7 +103,9 @@ def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     APGD-T only). The status is "warn" when AutoAttack fools more than a ``margin`` share of the points that the
     audit's own attacks left robust (the audit's numbers over-estimate robustness), else "pass".
     ``progress(attack, done, total)`` is AutoAttack's, called as each of its attacks starts. ``compile`` is
-    AutoAttack's (:func:`adverse.acceleration.accelerated`); what it chose is in ``acceleration``.
+    AutoAttack's (:func:`adverse.acceleration.accelerated`); what it chose is in ``acceleration``. A model run in
+    reduced precision (:class:`adverse.models.Autocast`, the audit's ``precision``) is searched in that precision
+    and every point it fools is confirmed by the model in fp32 (``autoattack(precision=...)``).
 
     References
     ----------
@@ -111,10 +113,14 @@ def autoattack_confirmation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     Attacks", ICML 2020.
     """
     from ..evasion.ensemble import autoattack
+    from ..models import Autocast, base_model
 
     if version not in AUTOATTACK_VERSIONS:
         raise InputError(f"autoattack version must be one of {', '.join(AUTOATTACK_VERSIONS)}, got {version!r}")
     kw: dict[str, Any] = {"version": "standard"} if version == "standard" else {"attacks": list(FAST_ATTACKS)}
+    if isinstance(model, Autocast):  # search in its precision, decide in fp32
+        kw["precision"] = model.precision
+        model = base_model(model)
     started = time.perf_counter()
     r = autoattack(model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed, checks=False, progress=progress,
                    compile=compile, **kw)

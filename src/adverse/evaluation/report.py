@@ -259,10 +259,13 @@ def acceleration_in_words(acc: Mapping[str, Any]) -> str:
     """How AutoAttack's passes ran (:func:`adverse.acceleration.accelerated`), in one sentence."""
     how = [f"inputs in {'channels_last' if acc.get('layout') == 'channels_last' else 'the default'} layout"]
     how.append("gradient-free passes compiled with torch.compile" if acc.get("compiled") else "no compiled passes")
-    text = "AutoAttack ran with " + " and ".join(how)
-    if acc.get("compiled"):
-        text += (f"; the model itself confirmed the points they fooled ({_num(acc.get('unconfirmed', 0))} not "
-                 "confirmed, counted robust)")
+    reduced = acc.get("precision") in ("bf16", "fp16")
+    if reduced:
+        how.append(f"its attacks searching in {acc['precision']} autocast")
+    text = "AutoAttack ran with " + ", ".join(how[:-1]) + " and " + how[-1]
+    if acc.get("compiled") or reduced:
+        text += (f"; the model itself, in fp32, confirmed every point they fooled ({_num(acc.get('unconfirmed', 0))} "
+                 "not confirmed, counted as not fooled by that attack)")
     notes = [n for n in acc.get("notes", []) if isinstance(n, str)]
     return text + (f" ({'; '.join(notes)})" if notes else "") + "."
 

@@ -36,6 +36,17 @@ CAVEATS = (
     ("Only the leaderboard's budgets are comparable: L∞ 8/255 and L2 0.5 on CIFAR, L∞ 4/255 on ImageNet, on inputs "
      "in [0, 1] with any normalization inside the model."),
 )
+REDUCED_PRECISION_CAVEAT = (
+    "AutoAttack searched in {precision} autocast, the leaderboard's reference in fp32: every point reported fooled "
+    "was confirmed by the model in fp32, but the search can differ from an fp32 one (measured on a PGD-trained "
+    "digits CNN and a ResNet-18 in benchmarks/BENCHMARKS.md); rerun with --precision fp32 for the reference's "
+    "computation.")
+
+
+def _precision(results: Mapping[str, Any]) -> str:
+    """The precision AutoAttack searched in (its ``acceleration`` record; fp32 where it has none)."""
+    acc = results["autoattack"].get("acceleration")
+    return str(acc.get("precision", "fp32")) if isinstance(acc, Mapping) else "fp32"
 
 
 def protocol_options(eps: list[float]) -> dict[str, Any]:
@@ -85,7 +96,9 @@ def model_info(results: Mapping[str, Any]) -> dict[str, Any]:
             "attack_forwards": aa.get("forwards"), "attack_backwards": aa.get("backwards"),
             "seconds": aa.get("seconds"), "leaderboard_budget": board,
             "comparable": board is not None and n >= MIN_POINTS,
-            "caveats": list(CAVEATS),
+            "caveats": list(CAVEATS) + ([REDUCED_PRECISION_CAVEAT.format(precision=_precision(results))]
+                                        if _precision(results) != "fp32" else []),
+            "precision": _precision(results),
             "versions": {k: env.get(k) for k in ("adverse", "torch", "python") if k in env},
             "device": env.get("device"),
         },
@@ -93,10 +106,11 @@ def model_info(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _clean_share(results: Mapping[str, Any], n: int) -> float | None:
-    """Clean accuracy on the AutoAttack points: the audit's when AutoAttack ran on all of them, else from
-    AutoAttack's own count of initially correct points (its first attack attacks exactly those)."""
+    """Clean accuracy on the AutoAttack points: the audit's when AutoAttack ran on all of them in fp32, else from
+    AutoAttack's own count of initially correct points (its first attack attacks exactly those; its clean pass is
+    in fp32 whatever precision it searched in)."""
     aa = results["autoattack"]
-    if n == results.get("n"):
+    if n == results.get("n") and _precision(results) == "fp32":  # else the audit's clean pass was not in fp32
         return float(results["clean_accuracy"])
     first = (aa.get("per_attack") or [{}])[0]
     return first.get("attacked", 0) / n if isinstance(first, Mapping) and n else None

@@ -304,7 +304,8 @@ def _autoattack(full: bool) -> Check:
     claim = fields({"robust_accuracy": (FRACTION, "O"), "missed": (COUNT, "O")}, full)
     acceleration = fields({"layout": (one_of(("contiguous", "channels_last")), "R"), "compiled": (BOOLEAN, "R"),
                            "timings_ms": (map_of(NONNEG), "O"), "notes": (list_of(_str), "O"),
-                           "seconds": (NONNEG, "O"), "unconfirmed": (COUNT, "O")}, full)
+                           "seconds": (NONNEG, "O"), "unconfirmed": (COUNT, "O"),
+                           "precision": (one_of(("fp32", "bf16", "fp16")), "O")}, full)
 
     def check(v: Any, p: tuple) -> None:
         fields({"version": (_str, "O"), "eps": (BUDGET, "O"), "n": (integer(1), "O"),
