@@ -82,6 +82,7 @@ def model_info(results: Mapping[str, Any]) -> dict[str, Any]:
     per_attack = [p for p in aa.get("per_attack") or [] if isinstance(p, Mapping)]
     board = next((name for (nm, e), name in LEADERBOARD.items() if nm == norm and abs(e - eps) < 1e-9), None)
     clean = _clean_share(results, n)
+    precision = _precision(results)
     return {
         "link": None, "name": model.get("name"), "authors": None, "additional_data": None,
         "number_forward_passes": 1, "dataset": data.get("name"), "venue": None,
@@ -96,9 +97,9 @@ def model_info(results: Mapping[str, Any]) -> dict[str, Any]:
             "attack_forwards": aa.get("forwards"), "attack_backwards": aa.get("backwards"),
             "seconds": aa.get("seconds"), "leaderboard_budget": board,
             "comparable": board is not None and n >= MIN_POINTS,
-            "caveats": list(CAVEATS) + ([REDUCED_PRECISION_CAVEAT.format(precision=_precision(results))]
-                                        if _precision(results) != "fp32" else []),
-            "precision": _precision(results),
+            "caveats": list(CAVEATS) + ([REDUCED_PRECISION_CAVEAT.format(precision=precision)]
+                                        if precision != "fp32" else []),
+            "precision": precision,
             "versions": {k: env.get(k) for k in ("adverse", "torch", "python") if k in env},
             "device": env.get("device"),
         },

@@ -23,7 +23,7 @@ from ..models import PRECISIONS, Autocast, as_classifier
 from ..results import AttackResult
 from ..threat import check_norm, lp_norm
 from ..validation import validated
-from ._core import setup
+from ._core import is_adversarial, setup
 
 Tensor = torch.Tensor
 
@@ -280,7 +280,7 @@ def autoattack(
                 won, x_won = idx[r.success], r.x_adv[r.success]
                 if confirm and won.numel():
                     before = s.model.forwards
-                    real = s.model.logits(x_won).argmax(dim=1) != s.y[won]
+                    real = is_adversarial(s.model.logits(x_won), s.y[won], None)
                     checked = s.model.forwards - before
                     won, x_won = won[real], x_won[real]
                 x_adv[won] = x_won
