@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--compile", default="auto", help="adverse's compile mode: auto, on or off")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
                     help="adverse's search precision(s), each run and compared with the same reference run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="seeds of both implementations: one reference run and one adverse run per seed and precision, "
+                         "to show each one's spread over its own randomness")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,26 +107,30 @@ def main() -> int:
         else:
             te = digits("test")
             cases.append((name, pretrained(name), te.x[: args.n_digits], te.y[: args.n_digits], 0.2))
-    print("| model | n | eps | precision | clean | adverse robust acc | reference robust acc | agree | adverse s "
+    print("| model | n | eps | seed | precision | clean | adverse robust acc | reference robust acc | agree | adverse s "
           "| reference s | adverse ÷ reference | adverse ÷ floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     details = []
-    for name, model, x, y, eps in cases:
+    spread: dict[tuple[str, str], list[float]] = {}
+    for (name, model, x, y, eps), seed in ((case, seed) for case in cases for seed in args.seeds):
         t_ref, ref_robust = float("nan"), None
         if AutoAttack is not None:
             with attack_mode(model):
-                ref = AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", verbose=False, seed=0)
+                ref = AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", verbose=False,
+                                 seed=seed)
                 t0 = time.perf_counter()
                 x_ref = ref.run_standard_evaluation(x.clone(), y.clone(), bs=len(y))
                 t_ref = time.perf_counter() - t0
                 with torch.no_grad():
                     ref_robust = model(x_ref).argmax(1) == y
+            spread.setdefault((name, "reference"), []).append(float(ref_robust.float().mean()))
         for precision in args.precision:
             t0 = time.perf_counter()
-            ours = autoattack(model, x, y, eps=eps, norm="linf", version="standard", seed=0, compile=args.compile,
+            ours = autoattack(model, x, y, eps=eps, norm="linf", version="standard", seed=seed, compile=args.compile,
                               precision=precision)
             t_ours = time.perf_counter() - t0
             ours_robust = ~ours.success
+            spread.setdefault((name, f"adverse {precision}"), []).append(ours.robust_accuracy)
             # the floor: every counted pass at the model-as-given's speed (in the search precision), timed on the
             # points the attacks worked on
             work = x[ours.clean_correct]
@@ -134,17 +141,22 @@ def main() -> int:
             floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f
             ref_acc = f"{float(ref_robust.float().mean()):.2%}" if ref_robust is not None else "–"
             agree = f"{float((ours_robust == ref_robust).float().mean()):.2%}" if ref_robust is not None else "–"
-            print(f"| {name} | {len(y)} | {eps:.4g} | {precision} | {ours.clean_accuracy:.2%} | "
+            print(f"| {name} | {len(y)} | {eps:.4g} | {seed} | {precision} | {ours.clean_accuracy:.2%} | "
                   f"{ours.robust_accuracy:.2%} | {ref_acc} | {agree} | {t_ours:.1f} | {t_ref:.1f} | "
                   f"{t_ours / t_ref:.3f} | {t_ours / floor:.3f} |", flush=True)
             details.append(
-                f"{name}, {precision}: passes {ours.forwards} forward, {ours.backwards} backward, {ours.queries} "
+                f"{name}, seed {seed}, {precision}: passes {ours.forwards} forward, {ours.backwards} backward, {ours.queries} "
                 f"Square queries (one pass as given: {1e3 * t_f:.4f} ms forward, {1e3 * t_fb:.4f} ms "
                 f"forward+backward per sample; floor {floor:.1f} s); acceleration {ours.params['acceleration']}; "
                 "per attack: " + "; ".join(
                     f"{p['attack']} → {p['robust_accuracy']:.2%} ({p['seconds']:.1f} s)"
                     for p in ours.params["per_attack"]))
     print("\n" + "\n\n".join(details))
+    if len(args.seeds) > 1:
+        print(f"\nrobust accuracy over seeds {args.seeds}:")
+        for (name, who), accs in spread.items():
+            print(f"  {name}, {who}: " + ", ".join(f"{a:.2%}" for a in accs)
+                  + f" (min {min(accs):.2%}, max {max(accs):.2%}, spread {100 * (max(accs) - min(accs)):.2f} pp)")
     return 0
 
 

@@ -9,17 +9,20 @@ so the box-free closed form (``conftest.optimal_norms``) is only a lower bound t
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import pytest
 import torch
 from conftest import Linear, check_against_oracle, linear_problem, optimal_norms
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy.optimize import brentq, linprog, minimize
 
 from adverse.errors import InputError, ModelError
 from adverse.evasion.apgd import apgd
 from adverse.evasion.deepfool import deepfool
-from adverse.evasion.fab import _jacobian, fab, hyperplane_projection
+from adverse.evasion.fab import _jacobian, _water_level, _water_level_sorted, fab, hyperplane_projection
 from adverse.evasion.fmn import fmn
 from adverse.models import BlackBox, Counted
 from adverse.threat import lp_norm
@@ -164,6 +167,46 @@ def test_projection_keeps_dtype_and_shape():
         d = hyperplane_projection(x, w, b, norm)
         assert d.shape == x.shape and d.dtype == torch.float32
         torch.testing.assert_close((w * (x + d)).flatten(1).sum(1) + b, torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def _level_value(weight: torch.Tensor, breaks: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return (weight * torch.minimum(t, breaks)).sum(dim=1, keepdim=True)
+
+
+def test_water_level_closed_form():
+    """Σ min(t, b_i) with b = 1, 2, 3, 4 is 2t + 3 on [2, 3]: need 7 gives t = 2, need 8 gives 2.5; below every
+    breakpoint it is 4t; past the last one (need = Σ b_i = 10) any t ≥ 4 will do."""
+    breaks = torch.tensor([[1.0, 2.0, 3.0, 4.0]] * 4, dtype=torch.float64)
+    weight = torch.ones_like(breaks)
+    need = torch.tensor([[7.0], [8.0], [2.0], [10.0]], dtype=torch.float64)
+    for solve in (_water_level, _water_level_sorted):
+        t = solve(weight, breaks, need)
+        torch.testing.assert_close(t[:3], torch.tensor([[2.0], [2.5], [0.5]], dtype=torch.float64))
+        assert float(t[3]) >= 4.0
+
+
+@given(seed=st.integers(0, 2**32 - 1), d=st.integers(1, 300), n=st.integers(1, 6),
+       steps=st.sampled_from([0, 1, 2, 30]))
+def test_water_level_newton_matches_sorting(seed, d, n, steps):
+    """Newton's method and the sorted closed form find the same level, solving g(t) = need, on weights with
+    zeros and breakpoints with ties; with too few Newton steps the rows left over are sorted, same answer."""
+    fab_module = importlib.import_module("adverse.evasion.fab")
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.rand((n, d), generator=g, dtype=torch.float64) * (torch.rand((n, d), generator=g) > 0.3)
+    breaks = torch.randint(0, 6, (n, d), generator=g).double() / 5 + torch.rand((n, d), generator=g,
+                                                                             dtype=torch.float64) * (seed % 2)
+    total = _level_value(weight, breaks, torch.full((n, 1), float("inf"), dtype=torch.float64))
+    need = total * torch.rand((n, 1), generator=g, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fab_module, "NEWTON_STEPS", steps)
+        newton = _water_level(weight, breaks, need)
+    sorted_ = _water_level_sorted(weight, breaks, need)
+    for t in (newton, sorted_):
+        assert (t >= 0).all()
+        torch.testing.assert_close(_level_value(weight, breaks, t), need, rtol=1e-12, atol=1e-12 * float(total.max()))
+    # the level is unique where the weight above it is positive
+    unique = (weight * (breaks > sorted_)).sum(dim=1, keepdim=True) > 0
+    torch.testing.assert_close(newton[unique], sorted_[unique], rtol=1e-10, atol=1e-12)
 
 
 def test_jacobian_matches_autograd():
