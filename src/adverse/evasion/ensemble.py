@@ -95,13 +95,18 @@ def versions(norm: str, n_target_classes: int = 9, square_queries: int = 5000) -
     return {"standard": standard, "plus": plus, "rand": rand}
 
 
-def _forward_passes(plan: Sequence[tuple[str, Callable]], points: Tensor, n_target_classes: int,
-                    square_queries: int) -> float:
-    """A rough count of the per-sample forward passes (a backward pass as two) a plan makes if every correctly
-    classified point stays robust: what :func:`adverse.acceleration.accelerated` weighs against compiling."""
-    per_point = {"apgd-ce": 300, "apgd-dlr": 300, "apgd-t": 300 * n_target_classes, "fab": 400,
-                 "fab-t": 400 * n_target_classes, "square": square_queries}
-    return float(points.sum()) * sum(per_point.get(name, 0) for name, _ in plan)
+def _passes(plan: Sequence[tuple[str, Callable]], points: Tensor, n_target_classes: int,
+            square_queries: int) -> dict[str, float]:
+    """A rough count of the per-sample forward passes without gradients and forward+backward passes a plan makes
+    if every correctly classified point stays robust: what :func:`adverse.acceleration.accelerated` weighs the
+    layouts by and against the cost of compiling. (APGD: one forward+backward pass a step; FAB-T: one and a check;
+    FAB: K backward passes (counted as 10) and a check; Square: one query a step.)"""
+    per_point = {"apgd-ce": (0, 100), "apgd-dlr": (0, 100), "apgd-t": (0, 100 * n_target_classes),
+                 "fab": (100, 1000), "fab-t": (100 * n_target_classes, 100 * n_target_classes),
+                 "square": (square_queries, 0)}
+    n = float(points.sum())
+    return {"passes": n * sum(per_point.get(name, (0, 0))[0] for name, _ in plan),
+            "gradient_passes": n * sum(per_point.get(name, (0, 0))[1] for name, _ in plan)}
 
 
 def _fingerprint(x: Tensor, y: Tensor, config: dict[str, Any]) -> str:
@@ -241,7 +246,7 @@ def autoattack(
     with setup(target_model, x, y, eps=eps, norm=norm, bounds=bounds, seed=seed) as s, \
             accelerated(s.model.model if precision == "fp32" else Autocast(s.model.model, precision), s.x,
                         mode="off" if version == "rand" else compile_mode,
-                        passes=_forward_passes(plan, s.clean_correct, n_target_classes, square_queries)) as (fast, sped):
+                        **_passes(plan, s.clean_correct, n_target_classes, square_queries)) as (fast, sped):
         # the model itself, in fp32, decides every point found through compiled or reduced-precision passes
         confirm = sped.compiled or precision != "fp32"
         robust = s.clean_correct.clone()
