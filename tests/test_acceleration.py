@@ -76,9 +76,9 @@ def test_channels_last_gives_the_same_answers_and_puts_the_model_back():
         v = x.clone().requires_grad_(True)
         (g_ref,) = torch.autograd.grad(nn.functional.cross_entropy(model(v), y), v)
         fast = Accelerated(model, channels_last=True)
-        from adverse.acceleration import _layout
+        from adverse.acceleration import channels_last_weights
 
-        with _layout(model, True):
+        with channels_last_weights(model, True):
             assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 out = fast(x)

@@ -129,9 +129,10 @@ def has_convolutions(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _layout(model: nn.Module, channels_last: bool) -> Iterator[None]:
-    """The model's 4-d parameters and buffers in ``channels_last`` for the duration; the original tensors are
-    put back on exit (the same objects, so nothing the caller holds changes)."""
+def channels_last_weights(model: nn.Module, channels_last: bool = True) -> Iterator[None]:
+    """The model's 4-d parameters and buffers in ``channels_last`` for the duration (with ``channels_last``
+    false, nothing changes); the original tensors are put back on exit (the same objects, so nothing the caller
+    holds changes). Inputs in ``channels_last`` too make the layout :func:`accelerated` may choose."""
     if not channels_last:
         yield
         return
@@ -181,7 +182,7 @@ def accelerated(model: nn.Module, x: torch.Tensor, *, mode: str = "auto", passes
         for _ in range(LAYOUT_ROUNDS):
             fwd = min(fwd, per_sample_ms(forward_pass(model, xs), n))
             fb = min(fb, per_sample_ms(forward_backward_pass(model, xs), n))
-            with _layout(model, True):
+            with channels_last_weights(model, True):
                 fb_cl = min(fb_cl, per_sample_ms(forward_backward_pass(model, xc), n))
                 fwd_cl = min(fwd_cl, per_sample_ms(forward_pass(model, xc), n))
         plan.timings_ms.update(forward=fwd, forward_backward=fb, forward_channels_last=fwd_cl,
@@ -189,7 +190,7 @@ def accelerated(model: nn.Module, x: torch.Tensor, *, mode: str = "auto", passes
         # the run's time in either layout, its passes weighed by how many it makes (one of each when not told)
         f_w, g_w = (passes, gradient_passes) if passes + gradient_passes > 0 else (1.0, 1.0)
         channels_last = (g_w * fb + f_w * fwd) / (g_w * fb_cl + f_w * fwd_cl) >= LAYOUT_SPEEDUP
-    with _layout(model, channels_last):
+    with channels_last_weights(model, channels_last):
         plan.layout = "channels_last" if channels_last else "contiguous"
         xl = xs.contiguous(memory_format=torch.channels_last) if channels_last else xs
         if channels_last:
