@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from adverse.acceleration import channels_last_weights, forward_backward_pass, forward_pass, per_sample_ms
+from adverse.acceleration import channels_last_layout, forward_backward_pass, forward_pass, per_sample_ms
 from adverse.data import Dataset, digits
 from adverse.defenses import adversarial_training
 from adverse.evasion.ensemble import autoattack
@@ -138,7 +138,7 @@ def main() -> int:
             work = x[ours.clean_correct]
             work = work.contiguous(memory_format=torch.channels_last) if cl else work
             searched = model if precision == "fp32" else Autocast(model, precision)
-            with attack_mode(model), channels_last_weights(model, cl):
+            with attack_mode(model), channels_last_layout(searched, work, cl):
                 t_f = min(per_sample_ms(forward_pass(searched, work), len(work)) for _ in range(2)) / 1e3
                 t_fb = min(per_sample_ms(forward_backward_pass(searched, work), len(work)) for _ in range(2)) / 1e3
             floor = ours.backwards * t_fb + (ours.forwards - ours.backwards + ours.queries) * t_f

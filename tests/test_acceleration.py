@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import importlib
 import json
+from typing import Any
 
 import pytest
 import torch
+from resnet_models import cifar_resnet
 from torch import nn
 from typer.testing import CliRunner
 
-from adverse.acceleration import Accelerated, accelerated, check_mode
+from adverse.acceleration import (
+    Accelerated,
+    accelerated,
+    channels_last_layout,
+    channels_last_weights,
+    check_mode,
+)
 from adverse.cli import app
 from adverse.errors import InputError
 from adverse.evaluation.schema import validate_results
@@ -76,8 +84,6 @@ def test_channels_last_gives_the_same_answers_and_puts_the_model_back():
         v = x.clone().requires_grad_(True)
         (g_ref,) = torch.autograd.grad(nn.functional.cross_entropy(model(v), y), v)
         fast = Accelerated(model, channels_last=True)
-        from adverse.acceleration import channels_last_weights
-
         with channels_last_weights(model, True):
             assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
@@ -88,6 +94,91 @@ def test_channels_last_gives_the_same_answers_and_puts_the_model_back():
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
     for (p, data, contiguous), q in zip(before, model.parameters()):
         assert p is q and torch.equal(q.data, data) and q.data.is_contiguous() == contiguous
+
+
+def _layouts_seen(model: nn.Module) -> tuple[list[Any], dict[str, bool]]:
+    """Hooks recording whether each module's 4-d output and its gradient are channels_last (after any hook
+    that converts them: these are registered last)."""
+    seen: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(m, inputs, out):
+            if out.dim() == 4:
+                seen[f"{name} output"] = out.is_contiguous(memory_format=torch.channels_last)
+                if out.requires_grad:
+                    out.register_hook(lambda g: seen.__setitem__(
+                        f"{name} gradient", g.is_contiguous(memory_format=torch.channels_last)))
+        return hook
+    return [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n], seen
+
+
+def test_channels_last_layout_keeps_activations_and_gradients_in_it():
+    """A one-channel convolution writes its output contiguous, and a flatten sends its gradient back contiguous:
+    channels_last_layout finds both and converts them, with the same answers, and removes its hooks on exit."""
+    model, (x, y) = _cnn(), _data()
+    with attack_mode(model):
+        v = x.clone().requires_grad_(True)
+        ref = model(v)
+        (g_ref,) = torch.autograd.grad(nn.functional.cross_entropy(ref, y), v)
+        handles, seen = _layouts_seen(model)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        with channels_last_weights(model):  # the weights alone: both places leave the layout
+            v = xc.clone().requires_grad_(True)
+            torch.autograd.grad(nn.functional.cross_entropy(model(v), y), v)
+        assert not seen["0 output"] and not seen["2 gradient"]
+        for h in handles:
+            h.remove()
+        with channels_last_layout(model, x) as fixed:
+            assert fixed == ["0 (output)", "2 (gradient)"]
+            handles, seen = _layouts_seen(model)
+            v = xc.clone().requires_grad_(True)
+            out = model(v)
+            (g,) = torch.autograd.grad(nn.functional.cross_entropy(out, y), v)
+            for h in handles:
+                h.remove()
+        assert seen and all(seen.values()), seen
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_channels_last_layout_adds_nothing_where_the_model_keeps_it():
+    """A CIFAR ResNet-18 (three input channels, global average pooling to 1×1) stays in channels_last by itself:
+    no hook is added, and none is left on exit."""
+    torch.manual_seed(0)
+    model = cifar_resnet(width=4).eval()
+    with attack_mode(model), channels_last_layout(model, torch.rand(5, 3, 32, 32)) as fixed:
+        assert fixed == [] and all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+class _Viewing(nn.Module):
+    """A forward that calls .view() on a 4-d activation, as much published model code does: it fails on
+    channels_last activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_a_model_failing_in_channels_last_keeps_its_layout():
+    torch.manual_seed(0)
+    model = _Viewing().eval()
+    x = torch.rand(16, 3, 8, 8)
+    y = model(x).argmax(dim=1)
+    with attack_mode(model), accelerated(model, x, mode="on") as (fast, plan):
+        assert plan.layout == "contiguous"
+        assert "fails in channels_last (RuntimeError: view size is not compatible" in plan.notes[0]
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+    r = autoattack(model, x, y, eps=0.03, attacks=["apgd-ce"], compile="on")  # raised before
+    assert r.params["acceleration"]["layout"] == "contiguous"
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_compiled_forward_passes_match_and_gradient_passes_run_the_model():
