@@ -12,9 +12,9 @@ setting, and prints one markdown row per model:
 - ours ÷ floor: our time ÷ (our passes × one pass's time), where a pass is timed uncompiled in the layout the run
   chose (``params["acceleration"]["layout"]``) and the precision adverse searched in, on as many points as the
   first member left robust (the batch nearly every later pass is made on: a digits CNN's forward+backward pass
-  cost 1.7x more per sample at 530 points than at 300), the fastest of three timings (a forward+backward pass for each backward pass counted, a forward
-  pass for each other forward pass and each of Square's queries); the acceleration adverse chose and the time per
-  member attack.
+  cost 1.7x more per sample at 530 points than at 300), the fastest of three timings (a forward+backward pass
+  for each backward pass counted, a forward pass for each other forward pass and each of Square's queries); the
+  acceleration adverse chose and the time per member attack.
 
 Models:
 

@@ -158,13 +158,32 @@ def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)  # the tensor itself where it already is
 
 
-def _output_hook(module: nn.Module, inputs: Any, out: Any) -> Any:
-    return _to_channels_last(out) if _off_layout(out) else None
+def _output_hook(on_convert: Callable[[], Any] | None = None) -> Callable[..., Any]:
+    """A forward hook that returns a module's 4-d output in ``channels_last`` where it is not (calling
+    ``on_convert`` when it converts)."""
+    def hook(module: nn.Module, inputs: Any, out: Any) -> Any:
+        if not _off_layout(out):
+            return None
+        if on_convert is not None:
+            on_convert()
+        return _to_channels_last(out)
+    return hook
 
 
-def _gradient_hook(module: nn.Module, inputs: Any, out: Any) -> None:
-    if torch.is_tensor(out) and out.dim() == 4 and out.requires_grad:
-        out.register_hook(_to_channels_last)
+def _gradient_hook(on_convert: Callable[[], Any] | None = None) -> Callable[..., Any]:
+    """A forward hook that makes the gradient arriving at a module's 4-d output ``channels_last`` where it is not
+    (calling ``on_convert`` when it converts)."""
+    def convert(g: torch.Tensor) -> torch.Tensor | None:
+        if not _off_layout(g):
+            return None
+        if on_convert is not None:
+            on_convert()
+        return _to_channels_last(g)
+
+    def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+        if torch.is_tensor(out) and out.dim() == 4 and out.requires_grad:
+            out.register_hook(convert)
+    return hook
 
 
 def _activation_hooks(model: nn.Module, x: torch.Tensor) -> tuple[list[Any], list[str]]:
@@ -178,54 +197,26 @@ def _activation_hooks(model: nn.Module, x: torch.Tensor) -> tuple[list[Any], lis
     last 4-d activation (contiguous, against channels_last activations and pooling indices). A module whose
     4-d output (or its gradient) arrives in another layout is given a hook that converts it; the probe runs with
     those hooks, so a conversion upstream that fixes the rest adds no further hook."""
-    leaves = [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None]
+    leaves = [(name or "model", m) for name, m in model.named_modules() if next(m.children(), None) is None]
     xs = _to_channels_last(x[: min(x.shape[0], 8)].detach())
-    outputs: dict[str, nn.Module] = {}
-    gradients: dict[str, nn.Module] = {}
+    found: dict[str, dict[str, nn.Module]] = {"output": {}, "gradient": {}}
     kept: list[Any] = []
-
-    def probe_output(name: str, module: nn.Module) -> Callable[..., Any]:
-        def hook(m: nn.Module, inputs: Any, out: Any) -> Any:
-            if _off_layout(out):
-                outputs[name] = module
-                return _to_channels_last(out)
-            return None
-        return hook
-
-    def probe_gradient(name: str, module: nn.Module) -> Callable[..., Any]:
-        def on_gradient(g: torch.Tensor) -> torch.Tensor | None:
-            if _off_layout(g):
-                gradients[name] = module
-                return _to_channels_last(g)
-            return None
-
-        def hook(m: nn.Module, inputs: Any, out: Any) -> None:
-            if torch.is_tensor(out) and out.dim() == 4 and out.requires_grad:
-                out.register_hook(on_gradient)
-        return hook
-
     probes: list[Any] = []
     try:
-        probes = [m.register_forward_hook(probe_output(name, m)) for name, m in leaves]
-        with torch.no_grad():
-            model(xs)
-        for h in probes:
-            h.remove()
-        kept = [m.register_forward_hook(_output_hook) for m in outputs.values()]
-        probes = [m.register_forward_hook(probe_gradient(name, m)) for name, m in leaves]
-        v = xs.clone().requires_grad_(True)
-        with torch.enable_grad():
-            torch.autograd.grad(model(v).float().logsumexp(dim=1).sum(), v)
-        for h in probes:
-            h.remove()
-        kept += [m.register_forward_hook(_gradient_hook) for m in gradients.values()]
+        for kind, make_hook, probe in (("output", _output_hook, forward_pass(model, xs)),
+                                       ("gradient", _gradient_hook, forward_backward_pass(model, xs))):
+            probes = [m.register_forward_hook(make_hook(lambda name=name, m=m, kind=kind:
+                                                        found[kind].setdefault(name, m)))
+                      for name, m in leaves]
+            probe()
+            for h in probes:
+                h.remove()
+            kept += [m.register_forward_hook(make_hook()) for m in found[kind].values()]
     except Exception:  # noqa: BLE001 - a model that refuses hooks or the layout keeps its own activations
         for h in probes + kept:
             h.remove()
         return [], []
-    fixed = [f"{name or 'model'} (output)" for name in outputs] + [f"{name or 'model'} (gradient)"
-                                                                  for name in gradients]
-    return kept, fixed
+    return kept, [f"{name} ({kind})" for kind in found for name in found[kind]]
 
 
 @contextlib.contextmanager
